@@ -1,0 +1,142 @@
+//! DRBD's numbers: plain counts, sizes with K/M/G suffixes, and per-option default units.
+//!
+//! In DRBD a size without a suffix is in the option's own unit (KiB/s for `resync-rate`, sectors
+//! for `c-fill-target`, bytes for `sndbuf-size`), and `K`, `M`, `G` (either case) are powers of
+//! 1024 of bytes; `s` means 512-byte sectors. A count (`max-buffers 36k`) takes the same
+//! suffixes as multipliers.
+
+/// 1 KiB.
+pub const KIB: u64 = 1024;
+/// 1 MiB.
+pub const MIB: u64 = 1024 * KIB;
+/// 1 GiB.
+pub const GIB: u64 = 1024 * MIB;
+/// One sector.
+pub const SECTOR: u64 = 512;
+
+fn split_suffix(text: &str) -> Result<(u64, Option<char>), String> {
+    let (digits, suffix) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&text[..i], Some(&text[i..])),
+        None => (text, None),
+    };
+    if digits.is_empty() {
+        return Err(format!("'{text}' is not a number"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is too large"))?;
+    let suffix = match suffix {
+        None => None,
+        Some(s) if s.chars().count() == 1 => s.chars().next(),
+        Some(s) => {
+            return Err(format!(
+                "'{text}' has an unknown suffix '{s}' (use K, M, G or s)"
+            ))
+        }
+    };
+    Ok((n, suffix))
+}
+
+/// Parses a size into bytes; a bare number is in units of `unit_bytes`.
+pub fn parse_size(text: &str, unit_bytes: u64) -> Result<u64, String> {
+    let (n, suffix) = split_suffix(text)?;
+    let multiplier = match suffix {
+        None => unit_bytes,
+        Some('k' | 'K') => KIB,
+        Some('m' | 'M') => MIB,
+        Some('g' | 'G') => GIB,
+        Some('t' | 'T') => 1024 * GIB,
+        Some('s') => SECTOR,
+        Some(c) => {
+            return Err(format!(
+                "'{text}' has an unknown suffix '{c}' (use K, M, G or s)"
+            ))
+        }
+    };
+    n.checked_mul(multiplier)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Parses a count; `k`, `m`, `g` multiply by powers of 1024 as drbdsetup does.
+pub fn parse_count(text: &str) -> Result<u64, String> {
+    let (n, suffix) = split_suffix(text)?;
+    let multiplier = match suffix {
+        None => 1,
+        Some('k' | 'K') => KIB,
+        Some('m' | 'M') => MIB,
+        Some('g' | 'G') => GIB,
+        Some(c) => {
+            return Err(format!(
+                "'{text}' has an unknown suffix '{c}' (use k, M or G)"
+            ))
+        }
+    };
+    n.checked_mul(multiplier)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Parses DRBD's booleans.
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "yes" | "on" | "true" => Ok(true),
+        "no" | "off" | "false" => Ok(false),
+        _ => Err(format!("'{text}' is not a boolean (use yes or no)")),
+    }
+}
+
+/// Formats a byte size so that [`parse_size`] with the same unit reads it back exactly,
+/// with the largest exact binary suffix.
+pub fn format_size(bytes: u64, unit_bytes: u64) -> String {
+    if bytes == 0 {
+        return "0".to_string();
+    }
+    for (suffix, size) in [("G", GIB), ("M", MIB), ("K", KIB)] {
+        if bytes % size == 0 && size >= unit_bytes.min(KIB) {
+            return format!("{}{suffix}", bytes / size);
+        }
+    }
+    if unit_bytes == 1 {
+        bytes.to_string()
+    } else {
+        // Only sector-unit options reach here with a non-KiB multiple.
+        debug_assert_eq!(bytes % SECTOR, 0);
+        format!("{}s", bytes / SECTOR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sizes_use_the_option_unit_without_suffix() {
+        assert_eq!(parse_size("100", KIB), Ok(100 * KIB));
+        assert_eq!(parse_size("100M", KIB), Ok(100 * MIB));
+        assert_eq!(parse_size("1M", SECTOR), Ok(MIB));
+        assert_eq!(parse_size("100", SECTOR), Ok(100 * SECTOR));
+        assert_eq!(parse_size("2048k", 1), Ok(2 * MIB));
+        assert_eq!(parse_size("8s", 1), Ok(4096));
+        assert!(parse_size("1X", 1).is_err());
+        assert!(parse_size("M", 1).is_err());
+        assert!(parse_size("-1", 1).is_err());
+        assert!(parse_size("1MB", 1).is_err());
+        assert!(parse_size("99999999999999999999", 1).is_err());
+        assert!(parse_size("99999999999G", 1).is_err());
+    }
+
+    #[test]
+    fn counts_take_multipliers() {
+        assert_eq!(parse_count("36k"), Ok(36 * 1024));
+        assert_eq!(parse_count("7"), Ok(7));
+        assert!(parse_count("7s").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn format_size_round_trips(n in 0u64..1u64 << 40, unit in prop::sample::select(vec![1u64, SECTOR, KIB])) {
+            let bytes = n * unit;
+            prop_assert_eq!(parse_size(&format_size(bytes, unit), unit), Ok(bytes));
+        }
+    }
+}

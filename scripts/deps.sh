@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what tandem's demo and tests need on a fresh Debian machine. Idempotent: packages that
+# are already installed are not touched, and apt-get update runs only when something is missing.
+set -euo pipefail
+
+# Debian packages: the real peers the end-to-end tests drive, and the tools they need.
+TANDEM_APT_PACKAGES=(
+    drbd-utils      # drbdmeta: metadata interop
+    e2fsprogs       # mkfs.ext4, e2fsck
+    util-linux      # losetup, mount, wipefs
+    iproute2        # network namespaces, veth
+)
+
+missing=()
+for pkg in "${TANDEM_APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]})); then
+    echo "deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "deps: cargo is not installed; install Rust (rustup) first" >&2
+    exit 1
+fi
