@@ -7,3 +7,4 @@
 //! Replication, the daemon and the exports arrive with later issues.
 
 pub mod config;
+pub mod md;

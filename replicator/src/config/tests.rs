@@ -236,7 +236,7 @@ fn errors_print_file_line_column() {
         ),
         (
             "resource r0 { on a { disk /x; meta-disk internal; address 1.2.3.4; } }",
-            "t.conf:1:60: '1.2.3.4' is not IP:PORT (IPv6 as [addr]:port)",
+            "t.conf:1:59: '1.2.3.4' is not IP:PORT (IPv6 as [addr]:port)",
         ),
     ];
     for (text, want) in cases {
