@@ -1,1 +1,183 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for tandem's end-to-end tests: find the built binaries, run commands with clear
+//! failure messages, and own the resources a test creates (loop devices, network namespaces,
+//! child processes) so they are cleaned up even when the test fails.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` put in `build/debug/`
+//! (`scripts/test.sh` builds them before running the tests).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// Path of a tandem binary; panics with the command to build it when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TANDEM_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("build/debug"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Path of a system tool; panics naming the Debian package when it is missing, so a missing
+/// peer fails the test instead of skipping it.
+pub fn tool(name: &str, package: &str) -> PathBuf {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: apt-get install -y {package} (scripts/deps.sh installs it)");
+}
+
+/// Runs a command to completion and returns its output, whatever the exit status.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns stdout as text.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs a command that must fail; returns stderr as text.
+pub fn run_fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should have failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stderr).expect("utf-8 output")
+}
+
+/// A sparse file of `bytes` in `dir`.
+pub fn sparse_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(bytes))
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    path
+}
+
+/// A loop device over a file, detached on drop.
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub path: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `file` to a free loop device.
+    pub fn attach(file: &Path) -> LoopDevice {
+        let out = run_ok(
+            Command::new(tool("losetup", "util-linux"))
+                .args(["-f", "--show"])
+                .arg(file),
+        );
+        LoopDevice {
+            path: PathBuf::from(out.trim()),
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// A network namespace, deleted (with its veths) on drop.
+pub struct Netns {
+    /// The namespace name.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` (removing a stale one of that name first) with loopback up.
+    pub fn new(name: &str) -> Netns {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        run_ok(Command::new("ip").args(["netns", "add", name]));
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        run_ok(&mut ns.cmd("ip").args(["link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`; panics with `what`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
