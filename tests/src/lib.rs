@@ -133,7 +133,7 @@ impl Netns {
         let ns = Netns {
             name: name.to_string(),
         };
-        run_ok(&mut ns.cmd("ip").args(["link", "set", "lo", "up"]));
+        run_ok(ns.cmd("ip").args(["link", "set", "lo", "up"]));
         ns
     }
 
