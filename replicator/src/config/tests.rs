@@ -220,11 +220,11 @@ fn errors_print_file_line_column() {
         ),
         (
             "resource r0 { on a { disk /x; address 1.2.3.4:1; } }",
-            "t.conf:1:22: on a: volume 0 has no meta-disk (use 'meta-disk internal;')",
+            "t.conf:1:15: on a: volume 0 has no meta-disk (use 'meta-disk internal;')",
         ),
         (
             "resource r0 { on a { meta-disk internal; address 1.2.3.4:1; } }",
-            "t.conf:1:22: on a: volume 0 has no disk (write 'disk none;' for a diskless node)",
+            "t.conf:1:15: on a: volume 0 has no disk (write 'disk none;' for a diskless node)",
         ),
         (
             "resource r0 { net { max-buffers 36x; } }",

@@ -837,7 +837,14 @@ fn validate_host(
                 "device/disk/meta-disk given both directly and in 'volume 0'",
             ));
         }
-        own.insert(0, direct);
+        // Errors about the implicit volume 0 point at the `on` section.
+        own.insert(
+            0,
+            VolumeSpec {
+                span: Some(item.span().clone()),
+                ..direct
+            },
+        );
     }
     let mut numbers: Vec<u32> = own.keys().chain(defaults.keys()).copied().collect();
     numbers.sort_unstable();
