@@ -1,8 +1,13 @@
 //! Block exports for tandem.
 //!
-//! This crate will hold the `Volume` trait (anything that can be read, written, flushed and
-//! trimmed at byte offsets), the NBD server (fixed newstyle, DESIGN §6) and the iSCSI target
-//! (RFC 7143, SBC/SPC), each as a sans-IO codec plus a thin driver, and the `targetd` binary that
-//! serves plain files with no replication (for example the SBD LUN on a storage node).
+//! - [`volume`]: the `Volume` trait (anything that can be read, written, flushed, trimmed and
+//!   zeroed at byte offsets and can report its allocation) and [`volume::FileVolume`] for plain
+//!   files and block devices.
+//! - [`nbd`]: the NBD server (fixed newstyle, DESIGN §6): sans-IO codecs, the pure negotiation
+//!   state machine and a tokio driver that `replicatord` embeds and `targetd` runs.
 //!
-//! The NBD server arrives with the data-path issue and the iSCSI target with its own issue.
+//! The `targetd` binary serves plain files with no replication (for example the SBD LUN on a
+//! storage node). The iSCSI target arrives with its own issue.
+
+pub mod nbd;
+pub mod volume;
