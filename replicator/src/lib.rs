@@ -7,4 +7,6 @@
 //! Replication, the daemon and the exports arrive with later issues.
 
 pub mod config;
+pub mod core;
 pub mod md;
+pub mod wire;

@@ -1,0 +1,1948 @@
+//! The state machine of one replicated resource on one node.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+
+use super::bitmap::{Bitmap, BLOCK_BYTES};
+use super::uuid::{self, SyncDecision, Uuids};
+use crate::config::Protocol;
+use crate::md::{flags, UUID_JUST_CREATED};
+use crate::wire::{data_flags, uuid_flags, Packet, WireDisk, WireRole};
+
+/// Identifies a client or admin request; chosen by the driver, echoed in the reply.
+pub type ReqId = u64;
+/// Identifies a local disk IO; chosen by the core.
+pub type IoId = u64;
+
+/// errno values the core reports to clients (NBD and SCSI map them).
+pub mod errno {
+    /// I/O error.
+    pub const EIO: i32 = 5;
+    /// Not permitted (wrong role).
+    pub const EPERM: i32 = 1;
+    /// Beyond the end of the device.
+    pub const ENOSPC: i32 = 28;
+    /// Shutting down.
+    pub const ESHUTDOWN: i32 = 108;
+}
+
+/// Role, as in DRBD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Serves the device read-write.
+    Primary,
+    /// Receives the Primary's writes.
+    Secondary,
+}
+
+/// Disk state, as in DRBD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DiskState {
+    /// No disk attached.
+    Diskless,
+    /// Being attached.
+    Attaching,
+    /// Partly synced.
+    Inconsistent,
+    /// Consistent, but the peer is known to be newer.
+    Outdated,
+    /// Not known (peer only).
+    DUnknown,
+    /// Consistent, freshness not known.
+    Consistent,
+    /// The newest data.
+    UpToDate,
+}
+
+/// Connection state, as in DRBD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Not connected and not trying to.
+    StandAlone,
+    /// Trying to connect.
+    Connecting,
+    /// Connected.
+    Connected,
+}
+
+/// Replication state, as in DRBD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplState {
+    /// Not connected.
+    Off,
+    /// Connected, exchanging state.
+    WFReportParams,
+    /// Exchanging bitmaps before a resync.
+    WFBitMap,
+    /// Replicating.
+    Established,
+    /// Sending resync data.
+    SyncSource,
+    /// Receiving resync data.
+    SyncTarget,
+}
+
+macro_rules! drbd_names {
+    ($ty:ty { $($v:ident),+ }) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$v => stringify!($v)),+ })
+            }
+        }
+    };
+}
+drbd_names!(Role { Primary, Secondary });
+drbd_names!(DiskState {
+    Diskless,
+    Attaching,
+    Inconsistent,
+    Outdated,
+    DUnknown,
+    Consistent,
+    UpToDate
+});
+drbd_names!(ConnState {
+    StandAlone,
+    Connecting,
+    Connected
+});
+drbd_names!(ReplState {
+    Off,
+    WFReportParams,
+    WFBitMap,
+    Established,
+    SyncSource,
+    SyncTarget
+});
+
+impl DiskState {
+    fn to_wire(self) -> WireDisk {
+        match self {
+            DiskState::Diskless => WireDisk::Diskless,
+            DiskState::Attaching => WireDisk::Attaching,
+            DiskState::Inconsistent => WireDisk::Inconsistent,
+            DiskState::Outdated => WireDisk::Outdated,
+            DiskState::DUnknown => WireDisk::DUnknown,
+            DiskState::Consistent => WireDisk::Consistent,
+            DiskState::UpToDate => WireDisk::UpToDate,
+        }
+    }
+    fn from_wire(d: WireDisk) -> DiskState {
+        match d {
+            WireDisk::Diskless => DiskState::Diskless,
+            WireDisk::Attaching => DiskState::Attaching,
+            WireDisk::Inconsistent => DiskState::Inconsistent,
+            WireDisk::Outdated => DiskState::Outdated,
+            WireDisk::DUnknown => DiskState::DUnknown,
+            WireDisk::Consistent => DiskState::Consistent,
+            WireDisk::UpToDate => DiskState::UpToDate,
+        }
+    }
+}
+
+/// The persistent part of the state (what the superblock holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MdState {
+    /// Generation UUIDs.
+    pub uuids: Uuids,
+    /// `MDF_*` flags.
+    pub flags: u32,
+    /// The size last agreed with a peer, in sectors (0: never connected).
+    pub la_size_sect: u64,
+}
+
+/// Settings the core needs, from the validated config.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's name.
+    pub name: String,
+    /// Replication protocol.
+    pub protocol: Protocol,
+    /// Usable bytes of the backing disk (data area).
+    pub backing_bytes: u64,
+    /// Most bytes of application writes in flight to the peer before new writes wait.
+    pub max_in_flight_bytes: u64,
+    /// Writes per epoch before a barrier.
+    pub max_epoch_size: u32,
+    /// Idle time before a ping.
+    pub ping_int_ms: u64,
+    /// A ping must be answered within this.
+    pub ping_timeout_ms: u64,
+    /// An acknowledgement must arrive within this (times ko-count).
+    pub ack_timeout_ms: u64,
+    /// Flush the backing disk at barriers and client flushes.
+    pub disk_flushes: bool,
+    /// Resync bytes in flight (c-fill-target).
+    pub resync_window_bytes: u64,
+    /// Largest resync request.
+    pub resync_request_bytes: u64,
+    /// Resync rate limit (c-max-rate or resync-rate), bytes per second.
+    pub resync_rate_bytes_per_s: u64,
+    /// `allow-two-primaries`.
+    pub allow_two_primaries: bool,
+}
+
+/// Admin commands (from replctl through the driver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Promote; `force` makes a non-UpToDate disk UpToDate (initial sync).
+    Primary {
+        /// `--force`.
+        force: bool,
+    },
+    /// Demote.
+    Secondary,
+    /// Start connecting to the peer.
+    Connect {
+        /// `--discard-my-data`.
+        discard_my_data: bool,
+    },
+    /// Drop the connection and stay StandAlone.
+    Disconnect,
+    /// Start a new data generation with a clear bitmap (skip the initial sync of two
+    /// just-created, identical disks).
+    NewCurrentUuidClearBitmap,
+}
+
+/// What happens to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An admin command.
+    Command {
+        /// Reply id.
+        req: ReqId,
+        /// The command.
+        command: Command,
+    },
+    /// A client write (Primary only). `offset` and `data.len()` are multiples of 512.
+    Write {
+        /// Reply id.
+        req: ReqId,
+        /// Byte offset.
+        offset: u64,
+        /// The data.
+        data: Bytes,
+        /// Stable before the reply (and everything completed before it).
+        fua: bool,
+    },
+    /// A client flush.
+    Flush {
+        /// Reply id.
+        req: ReqId,
+    },
+    /// A local IO finished; reads carry their data.
+    LocalDone {
+        /// The IO.
+        io: IoId,
+        /// Data of a read, or the errno.
+        result: Result<Option<Bytes>, i32>,
+    },
+    /// Both sockets to the peer are up and authenticated.
+    PeerConnected {
+        /// Connection generation; events of older generations are ignored.
+        gen: u64,
+    },
+    /// The connection broke.
+    PeerLost {
+        /// Its generation.
+        gen: u64,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// A packet from the peer (either socket).
+    Packet {
+        /// Connection generation.
+        gen: u64,
+        /// The packet.
+        packet: Packet,
+    },
+    /// Protocol A: a Data packet is in the socket's send buffer.
+    Sent {
+        /// Connection generation.
+        gen: u64,
+        /// The write's sequence number.
+        seq: u64,
+    },
+    /// Time passes.
+    Tick,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write to the backing disk; answer with [`Event::LocalDone`].
+    LocalWrite {
+        /// The IO.
+        io: IoId,
+        /// Byte offset.
+        offset: u64,
+        /// Data.
+        data: Bytes,
+        /// Stable before done (RWF_DSYNC / fdatasync).
+        fua: bool,
+    },
+    /// Read from the backing disk.
+    LocalRead {
+        /// The IO.
+        io: IoId,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        len: u32,
+    },
+    /// fdatasync the backing disk (ordered after every write submitted before it).
+    LocalFlush {
+        /// The IO.
+        io: IoId,
+    },
+    /// Send a packet to the peer (the driver picks the socket by packet type).
+    Send(Packet),
+    /// Close the connection (no [`Event::PeerLost`] is expected for it).
+    DropConnection {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Reply to a client write or flush.
+    Complete {
+        /// The request.
+        req: ReqId,
+        /// Ok or an errno.
+        result: Result<(), i32>,
+    },
+    /// Reply to an admin command.
+    Reply {
+        /// The request.
+        req: ReqId,
+        /// Ok or a one-line error.
+        result: Result<(), String>,
+    },
+    /// Write the superblock (synchronously, before the next action).
+    WriteMd(MdState),
+    /// Write the bitmap to disk.
+    WriteBitmap,
+    /// A state change worth telling `replctl events` and the log.
+    Notify(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetWait {
+    /// Not replicated (disconnected): out of sync in the bitmap.
+    None,
+    Sent,
+    RecvAck,
+    WriteAck,
+    Done,
+}
+
+#[derive(Debug)]
+struct AppWrite {
+    req: ReqId,
+    offset: u64,
+    data: Bytes,
+    fua: bool,
+    local_done: bool,
+    local_err: Option<i32>,
+    net: NetWait,
+    sent_at_ms: u64,
+    started: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IoPurpose {
+    AppWrite {
+        seq: u64,
+    },
+    PeerWrite {
+        seq: u64,
+        epoch: u32,
+        offset: u64,
+        len: u64,
+    },
+    BarrierFlush {
+        nr: u32,
+    },
+    ClientFlush {
+        flush: u64,
+    },
+    RsRead {
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    RsWrite {
+        offset: u64,
+        len: u64,
+    },
+    ResyncDoneFlush,
+}
+
+#[derive(Debug)]
+enum Blocked {
+    AppWrite {
+        seq: u64,
+    },
+    PeerWrite {
+        seq: u64,
+        epoch: u32,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
+    RsRead {
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    RsWrite {
+        offset: u64,
+        data: Bytes,
+    },
+}
+
+impl Blocked {
+    fn range(&self, writes: &BTreeMap<u64, AppWrite>) -> (u64, u64) {
+        match self {
+            Blocked::AppWrite { seq } => {
+                let w = &writes[seq];
+                (w.offset, w.data.len() as u64)
+            }
+            Blocked::PeerWrite { offset, data, .. } | Blocked::RsWrite { offset, data } => {
+                (*offset, data.len() as u64)
+            }
+            Blocked::RsRead { offset, len, .. } => (*offset, u64::from(*len)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TlEpoch {
+    nr: u32,
+    ranges: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct RxEpoch {
+    pending: u32,
+    writes: u32,
+    barrier: bool,
+    flushing: bool,
+}
+
+#[derive(Debug)]
+struct ClientFlush {
+    req: ReqId,
+    local_pending: bool,
+    barrier: Option<u32>,
+    /// A FUA write waiting for this flush: its completion is this flush's.
+    from_write: bool,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    role: Option<Role>,
+    disk: Option<DiskState>,
+    uuids: Option<(Uuids, u64, u32)>,
+    sizes: Option<(u64, u64, u64)>,
+    bitmap_done: bool,
+}
+
+/// Resync progress (SyncTarget drives; SyncSource counts acks).
+#[derive(Debug, Clone)]
+struct Resync {
+    cursor: u64,
+    in_flight: HashMap<u64, (u64, u32)>,
+    in_flight_bytes: u64,
+    total_blocks: u64,
+    started_ms: u64,
+    /// Tokens for the rate limit, in bytes.
+    budget: f64,
+    last_refill_ms: u64,
+    /// `(time, remaining blocks)` samples for the rate.
+    samples: VecDeque<(u64, u64)>,
+    finishing: bool,
+}
+
+/// Progress of a resync, for status.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Percent done.
+    pub done_percent: f64,
+    /// Recent rate, KiB/s.
+    pub rate_kib_s: u64,
+    /// Estimated seconds left.
+    pub eta_s: u64,
+}
+
+/// A snapshot for `replctl status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Role.
+    pub role: Role,
+    /// Disk state.
+    pub disk: DiskState,
+    /// Connection.
+    pub connection: ConnState,
+    /// Replication.
+    pub replication: ReplState,
+    /// The peer's role, if known.
+    pub peer_role: Option<Role>,
+    /// The peer's disk, if known.
+    pub peer_disk: DiskState,
+    /// Out-of-sync KiB.
+    pub out_of_sync_kib: u64,
+    /// Resync progress while syncing.
+    pub progress: Option<Progress>,
+    /// Exported size in bytes.
+    pub size_bytes: u64,
+    /// Generation UUIDs.
+    pub uuids: Uuids,
+    /// Why the last connection ended, if it did.
+    pub last_error: Option<String>,
+}
+
+/// One resource on one node.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    md: MdState,
+    role: Role,
+    disk: DiskState,
+    conn: ConnState,
+    repl: ReplState,
+    gen: u64,
+    peer: Peer,
+    bitmap: Bitmap,
+    rng: u64,
+    next_io: IoId,
+    next_seq: u64,
+    next_id: u64,
+    next_flush: u64,
+    ios: HashMap<IoId, IoPurpose>,
+    writes: BTreeMap<u64, AppWrite>,
+    in_flight_bytes: u64,
+    waiting: VecDeque<u64>,
+    active: Vec<(u64, u64)>,
+    blocked: VecDeque<Blocked>,
+    cur_epoch: u32,
+    cur_epoch_writes: u32,
+    epoch_closed: bool,
+    tl: VecDeque<TlEpoch>,
+    barrier_acked: u32,
+    last_barrier_sent: u32,
+    flushes: BTreeMap<u64, ClientFlush>,
+    rx_epochs: BTreeMap<u32, RxEpoch>,
+    rx_queue: VecDeque<Blocked>,
+    /// After the bitmap exchange: become SyncSource (true) or SyncTarget (false).
+    pending_sync: Option<bool>,
+    resync: Option<Resync>,
+    last_rx_ms: u64,
+    ping_sent_ms: Option<u64>,
+    discard_my_data: bool,
+    last_error: Option<String>,
+    out: Vec<Action>,
+    now_ms: u64,
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0 + b.1 && b.0 < a.0 + a.1
+}
+
+impl Node {
+    /// A node attached to its disk. `seed` makes UUID generation deterministic under test.
+    pub fn new(cfg: NodeConfig, md: MdState, bitmap_words: &[u64], seed: u64) -> Node {
+        let f = md.flags;
+        let disk = if f & flags::CONSISTENT == 0 {
+            DiskState::Inconsistent
+        } else if f & flags::WAS_UP_TO_DATE == 0 {
+            DiskState::Outdated
+        } else if f & flags::PEER_OUT_DATED != 0 {
+            DiskState::UpToDate
+        } else {
+            DiskState::Consistent
+        };
+        let bitmap = Bitmap::from_words(cfg.backing_bytes, bitmap_words);
+        Node {
+            md,
+            role: Role::Secondary,
+            disk,
+            conn: ConnState::StandAlone,
+            repl: ReplState::Off,
+            gen: 0,
+            peer: Peer::default(),
+            bitmap,
+            rng: seed,
+            next_io: 1,
+            next_seq: 1,
+            next_id: 1,
+            next_flush: 1,
+            ios: HashMap::new(),
+            writes: BTreeMap::new(),
+            in_flight_bytes: 0,
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            blocked: VecDeque::new(),
+            cur_epoch: 1,
+            cur_epoch_writes: 0,
+            epoch_closed: false,
+            tl: VecDeque::new(),
+            barrier_acked: 0,
+            last_barrier_sent: 0,
+            flushes: BTreeMap::new(),
+            rx_epochs: BTreeMap::new(),
+            rx_queue: VecDeque::new(),
+            pending_sync: None,
+            resync: None,
+            last_rx_ms: 0,
+            ping_sent_ms: None,
+            discard_my_data: false,
+            last_error: None,
+            out: Vec::new(),
+            now_ms: 0,
+            cfg,
+        }
+    }
+
+    /// Role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// Disk state.
+    pub fn disk(&self) -> DiskState {
+        self.disk
+    }
+    /// Connection state.
+    pub fn connection(&self) -> ConnState {
+        self.conn
+    }
+    /// The persistent state.
+    pub fn md(&self) -> MdState {
+        self.md
+    }
+    /// The bitmap words, for writing to disk.
+    pub fn bitmap_words(&self) -> &[u64] {
+        self.bitmap.words()
+    }
+    /// True while the driver should keep (re)connecting.
+    pub fn wants_connection(&self) -> bool {
+        self.conn == ConnState::Connecting
+    }
+    /// The current connection generation.
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+    /// Writes not yet completed to clients, and flushes.
+    pub fn busy(&self) -> bool {
+        !self.writes.is_empty() || !self.flushes.is_empty()
+    }
+
+    /// The size the device exports, bytes.
+    pub fn size_bytes(&self) -> u64 {
+        if self.md.la_size_sect > 0 {
+            (self.md.la_size_sect * 512).min(self.cfg.backing_bytes)
+        } else {
+            self.cfg.backing_bytes
+        }
+    }
+
+    /// A status snapshot.
+    pub fn status(&self, now_ms: u64) -> Status {
+        let progress = self.resync.as_ref().map(|rs| {
+            let left = self.bitmap.count();
+            let total = rs.total_blocks.max(1);
+            let done = total.saturating_sub(left);
+            let rate_blocks_s = match (rs.samples.front(), rs.samples.back()) {
+                (Some(&(t0, l0)), Some(&(t1, l1))) if t1 > t0 => {
+                    (l0.saturating_sub(l1)) as f64 * 1000.0 / (t1 - t0) as f64
+                }
+                _ => {
+                    let dt = now_ms.saturating_sub(rs.started_ms).max(1);
+                    done as f64 * 1000.0 / dt as f64
+                }
+            };
+            // Rates and ETAs are display values; saturating float-to-int casts are what we want.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let rate_kib_s = (rate_blocks_s * 4.0) as u64;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let eta_s = if rate_blocks_s > 0.0 {
+                (left as f64 / rate_blocks_s).ceil() as u64
+            } else {
+                0
+            };
+            Progress {
+                done_percent: done as f64 * 100.0 / total as f64,
+                rate_kib_s,
+                eta_s,
+            }
+        });
+        Status {
+            role: self.role,
+            disk: self.disk,
+            connection: self.conn,
+            replication: self.repl,
+            peer_role: self.peer.role,
+            peer_disk: self.peer.disk.unwrap_or(DiskState::DUnknown),
+            out_of_sync_kib: self.bitmap.count() * (BLOCK_BYTES / 1024),
+            progress,
+            size_bytes: self.size_bytes(),
+            uuids: self.md.uuids,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Handles one event at time `now_ms`; returns what to do, in order.
+    pub fn apply(&mut self, event: Event, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        match event {
+            Event::Command { req, command } => {
+                let result = self.command(command);
+                self.out.push(Action::Reply { req, result });
+            }
+            Event::Write {
+                req,
+                offset,
+                data,
+                fua,
+            } => self.client_write(req, offset, data, fua),
+            Event::Flush { req } => self.client_flush(req, false),
+            Event::LocalDone { io, result } => self.local_done(io, result),
+            Event::PeerConnected { gen } => self.connected(gen),
+            Event::PeerLost { gen, reason } => {
+                if gen == self.gen && matches!(self.conn, ConnState::Connected) {
+                    self.lose_peer(reason, ConnState::Connecting);
+                }
+            }
+            Event::Packet { gen, packet } => {
+                if gen == self.gen && self.conn == ConnState::Connected {
+                    self.last_rx_ms = now_ms;
+                    self.packet(packet);
+                }
+            }
+            Event::Sent { gen, seq } => {
+                if gen == self.gen {
+                    self.net_ack(seq, NetWait::Sent);
+                }
+            }
+            Event::Tick => self.tick(),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn new_uuid(&mut self) -> u64 {
+        loop {
+            let u = splitmix(&mut self.rng) & !1;
+            if u > UUID_JUST_CREATED {
+                return u | u64::from(self.role == Role::Primary);
+            }
+        }
+    }
+
+    fn persist(&mut self) {
+        let mut f = self.md.flags
+            & !(flags::CONSISTENT
+                | flags::WAS_UP_TO_DATE
+                | flags::PRIMARY_IND
+                | flags::CONNECTED_IND
+                | flags::PEER_OUT_DATED);
+        if self.disk >= DiskState::Outdated && self.disk != DiskState::DUnknown {
+            f |= flags::CONSISTENT;
+        }
+        if self.disk == DiskState::UpToDate {
+            f |= flags::WAS_UP_TO_DATE;
+        }
+        if self.role == Role::Primary {
+            f |= flags::PRIMARY_IND;
+        }
+        if self.conn == ConnState::Connected {
+            f |= flags::CONNECTED_IND;
+        }
+        if self.peer.disk == Some(DiskState::Outdated) {
+            f |= flags::PEER_OUT_DATED;
+        }
+        self.md.flags = f;
+        self.out.push(Action::WriteMd(self.md));
+    }
+
+    fn notify(&mut self, what: String) {
+        self.out.push(Action::Notify(what));
+    }
+
+    fn send_state(&mut self) {
+        if self.conn == ConnState::Connected {
+            let role = if self.role == Role::Primary {
+                WireRole::Primary
+            } else {
+                WireRole::Secondary
+            };
+            self.out.push(Action::Send(Packet::State {
+                role,
+                disk: self.disk.to_wire(),
+            }));
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), String> {
+        match command {
+            Command::Primary { force } => {
+                if self.role == Role::Primary {
+                    return Ok(());
+                }
+                if self.peer.role == Some(Role::Primary) && !self.cfg.allow_two_primaries {
+                    return Err(
+                        "the peer is Primary; demote it first (replctl secondary on the peer)"
+                            .into(),
+                    );
+                }
+                if matches!(
+                    self.repl,
+                    ReplState::SyncTarget | ReplState::WFBitMap | ReplState::WFReportParams
+                ) {
+                    return Err(format!(
+                        "cannot promote while {}: the disk is not UpToDate yet",
+                        self.repl
+                    ));
+                }
+                if self.disk != DiskState::UpToDate {
+                    if !force {
+                        return Err(format!(
+                            "the disk is {}, not UpToDate; use 'primary --force' only to start the initial sync",
+                            self.disk
+                        ));
+                    }
+                    if self.peer.disk == Some(DiskState::UpToDate) {
+                        return Err(
+                            "the peer's disk is UpToDate and mine is not; let it sync first".into(),
+                        );
+                    }
+                    self.disk = DiskState::UpToDate;
+                    self.role = Role::Primary;
+                    self.new_current_uuid();
+                } else {
+                    self.role = Role::Primary;
+                    if self.conn != ConnState::Connected || self.repl == ReplState::Off {
+                        self.new_current_uuid();
+                    }
+                }
+                self.persist();
+                if self.conn == ConnState::Connected && self.repl == ReplState::Established && force
+                {
+                    // primary --force with a connected peer: a new data generation, so both
+                    // sides compare UUIDs again and the peer becomes SyncTarget.
+                    self.rehandshake();
+                } else {
+                    self.send_state();
+                }
+                self.notify(format!("role Primary (disk {})", self.disk));
+                Ok(())
+            }
+            Command::Secondary => {
+                if self.role == Role::Secondary {
+                    return Ok(());
+                }
+                if !self.writes.is_empty() || !self.flushes.is_empty() {
+                    return Err("writes are still in flight; try again".into());
+                }
+                self.role = Role::Secondary;
+                self.persist();
+                self.send_state();
+                self.notify("role Secondary".into());
+                Ok(())
+            }
+            Command::Connect { discard_my_data } => {
+                if self.conn != ConnState::StandAlone {
+                    return Err(format!("already {}", self.conn));
+                }
+                self.discard_my_data = discard_my_data;
+                self.conn = ConnState::Connecting;
+                self.notify("connection Connecting".into());
+                Ok(())
+            }
+            Command::Disconnect => {
+                match self.conn {
+                    ConnState::StandAlone => {}
+                    ConnState::Connecting => self.conn = ConnState::StandAlone,
+                    ConnState::Connected => {
+                        self.out.push(Action::DropConnection {
+                            reason: "disconnect requested".into(),
+                        });
+                        self.lose_peer("disconnect requested".into(), ConnState::StandAlone);
+                    }
+                }
+                self.notify("connection StandAlone".into());
+                Ok(())
+            }
+            Command::NewCurrentUuidClearBitmap => {
+                if self.conn == ConnState::Connected {
+                    return Err("disconnect first: new-current-uuid --clear-bitmap is for fresh, identical disks".into());
+                }
+                if self.md.uuids[0] != UUID_JUST_CREATED {
+                    return Err("the disk has data generations already; --clear-bitmap is only for just-created meta-data".into());
+                }
+                self.md.uuids = [self.new_uuid(), 0, 0, 0];
+                self.bitmap.clear_all();
+                self.disk = DiskState::UpToDate;
+                self.persist();
+                self.out.push(Action::WriteBitmap);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a new data generation: the old current UUID becomes the bitmap UUID (if none).
+    fn new_current_uuid(&mut self) {
+        if self.md.uuids[1] == 0 && self.md.uuids[0] != UUID_JUST_CREATED {
+            self.md.uuids[1] = self.md.uuids[0];
+        }
+        self.md.uuids[0] = self.new_uuid();
+    }
+
+    fn replicating(&self) -> bool {
+        self.conn == ConnState::Connected
+            && matches!(
+                self.repl,
+                ReplState::Established | ReplState::SyncSource | ReplState::SyncTarget
+            )
+            && self.peer.disk.is_some_and(|d| d != DiskState::Diskless)
+    }
+
+    fn client_write(&mut self, req: ReqId, offset: u64, data: Bytes, fua: bool) {
+        let len = data.len() as u64;
+        if self.role != Role::Primary {
+            self.out.push(Action::Complete {
+                req,
+                result: Err(errno::EPERM),
+            });
+            return;
+        }
+        if offset % 512 != 0
+            || len % 512 != 0
+            || offset
+                .checked_add(len)
+                .is_none_or(|e| e > self.size_bytes())
+        {
+            self.out.push(Action::Complete {
+                req,
+                result: Err(errno::ENOSPC),
+            });
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.writes.insert(
+            seq,
+            AppWrite {
+                req,
+                offset,
+                data,
+                fua,
+                local_done: false,
+                local_err: None,
+                net: NetWait::None,
+                sent_at_ms: self.now_ms,
+                started: false,
+            },
+        );
+        if len == 0 {
+            self.writes.get_mut(&seq).expect("inserted").local_done = true;
+            self.maybe_complete(seq);
+            return;
+        }
+        self.waiting.push_back(seq);
+        self.start_waiting();
+    }
+
+    /// Starts queued client writes while the in-flight limit allows (backpressure).
+    fn start_waiting(&mut self) {
+        while let Some(&seq) = self.waiting.front() {
+            let len = self.writes[&seq].data.len() as u64;
+            if self.in_flight_bytes > 0 && self.in_flight_bytes + len > self.cfg.max_in_flight_bytes
+            {
+                return;
+            }
+            self.waiting.pop_front();
+            self.in_flight_bytes += len;
+            self.submit(Blocked::AppWrite { seq });
+        }
+    }
+
+    /// Starts `op` now, or queues it behind an overlapping operation in flight, so that
+    /// overlapping writes are applied in arrival order and resync never races a write.
+    fn submit(&mut self, op: Blocked) {
+        let range = op.range(&self.writes);
+        let conflict = self.active.iter().any(|&a| overlaps(a, range))
+            || self
+                .blocked
+                .iter()
+                .any(|b| overlaps(b.range(&self.writes), range));
+        if conflict {
+            self.blocked.push_back(op);
+        } else {
+            self.start(op);
+        }
+    }
+
+    fn release(&mut self, range: (u64, u64)) {
+        if let Some(i) = self.active.iter().position(|&a| a == range) {
+            self.active.swap_remove(i);
+        }
+        let mut i = 0;
+        while i < self.blocked.len() {
+            let r = self.blocked[i].range(&self.writes);
+            let earlier = self
+                .blocked
+                .iter()
+                .take(i)
+                .any(|b| overlaps(b.range(&self.writes), r));
+            if !earlier && !self.active.iter().any(|&a| overlaps(a, r)) {
+                let op = self.blocked.remove(i).expect("index checked");
+                self.start(op);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn io(&mut self, purpose: IoPurpose) -> IoId {
+        let io = self.next_io;
+        self.next_io += 1;
+        self.ios.insert(io, purpose);
+        io
+    }
+
+    fn start(&mut self, op: Blocked) {
+        let range = op.range(&self.writes);
+        self.active.push(range);
+        match op {
+            Blocked::AppWrite { seq } => {
+                let io = self.io(IoPurpose::AppWrite { seq });
+                let (offset, data) = {
+                    let w = &self.writes[&seq];
+                    (w.offset, w.data.clone())
+                };
+                self.out.push(Action::LocalWrite {
+                    io,
+                    offset,
+                    data: data.clone(),
+                    fua: false,
+                });
+                let net = if self.replicating() {
+                    if self.epoch_closed {
+                        self.close_epoch();
+                    }
+                    self.out.push(Action::Send(Packet::Data {
+                        seq,
+                        epoch: self.cur_epoch,
+                        offset,
+                        flags: 0,
+                        data: data.clone(),
+                    }));
+                    match self.tl.back_mut() {
+                        Some(e) if e.nr == self.cur_epoch => e.ranges.push(range),
+                        _ => self.tl.push_back(TlEpoch {
+                            nr: self.cur_epoch,
+                            ranges: vec![range],
+                        }),
+                    }
+                    self.cur_epoch_writes += 1;
+                    if self.cur_epoch_writes >= self.cfg.max_epoch_size {
+                        self.epoch_closed = true;
+                    }
+                    match self.cfg.protocol {
+                        Protocol::A => NetWait::Sent,
+                        Protocol::B => NetWait::RecvAck,
+                        Protocol::C => NetWait::WriteAck,
+                    }
+                } else {
+                    // Not replicated: the peer's copy is stale until a resync.
+                    self.bitmap.set_range(offset, data.len() as u64);
+                    NetWait::None
+                };
+                let w = self.writes.get_mut(&seq).expect("write exists");
+                w.net = net;
+                w.started = true;
+                w.sent_at_ms = self.now_ms;
+            }
+            Blocked::PeerWrite {
+                seq,
+                epoch,
+                offset,
+                data,
+                fua,
+            } => {
+                let io = self.io(IoPurpose::PeerWrite {
+                    seq,
+                    epoch,
+                    offset,
+                    len: range.1,
+                });
+                self.out.push(Action::LocalWrite {
+                    io,
+                    offset,
+                    data,
+                    fua,
+                });
+            }
+            Blocked::RsRead { id, offset, len } => {
+                let io = self.io(IoPurpose::RsRead { id, offset, len });
+                self.out.push(Action::LocalRead { io, offset, len });
+            }
+            Blocked::RsWrite { offset, data } => {
+                let io = self.io(IoPurpose::RsWrite {
+                    offset,
+                    len: range.1,
+                });
+                self.out.push(Action::LocalWrite {
+                    io,
+                    offset,
+                    data,
+                    fua: false,
+                });
+            }
+        }
+    }
+
+    /// Sends the barrier that closes the current epoch and opens the next.
+    fn close_epoch(&mut self) {
+        let nr = self.cur_epoch;
+        self.out
+            .push(Action::Send(Packet::Barrier { barrier_nr: nr }));
+        if !self.tl.iter().any(|e| e.nr == nr) {
+            self.tl.push_back(TlEpoch {
+                nr,
+                ranges: Vec::new(),
+            });
+        }
+        self.last_barrier_sent = nr;
+        self.cur_epoch = nr.wrapping_add(1);
+        self.cur_epoch_writes = 0;
+        self.epoch_closed = false;
+    }
+
+    fn client_flush(&mut self, req: ReqId, from_write: bool) {
+        let id = self.next_flush;
+        self.next_flush += 1;
+        let local_pending = self.cfg.disk_flushes;
+        if local_pending {
+            let io = self.io(IoPurpose::ClientFlush { flush: id });
+            self.out.push(Action::LocalFlush { io });
+        }
+        let barrier = if self.replicating() {
+            let current_has_writes = self.tl.back().is_some_and(|e| e.nr == self.cur_epoch);
+            if current_has_writes {
+                self.close_epoch();
+                Some(self.last_barrier_sent)
+            } else if self.last_barrier_sent != self.barrier_acked && !self.tl.is_empty() {
+                Some(self.last_barrier_sent)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        self.flushes.insert(
+            id,
+            ClientFlush {
+                req,
+                local_pending,
+                barrier,
+                from_write,
+            },
+        );
+        self.maybe_complete_flush(id);
+    }
+
+    fn maybe_complete_flush(&mut self, id: u64) {
+        let Some(f) = self.flushes.get(&id) else {
+            return;
+        };
+        let peer_done = match f.barrier {
+            None => true,
+            Some(nr) => !self.tl.iter().any(|e| e.nr == nr),
+        };
+        if !f.local_pending && peer_done {
+            let f = self.flushes.remove(&id).expect("exists");
+            let _ = f.from_write;
+            self.out.push(Action::Complete {
+                req: f.req,
+                result: Ok(()),
+            });
+        }
+    }
+
+    fn net_ack(&mut self, seq: u64, what: NetWait) {
+        let Some(w) = self.writes.get_mut(&seq) else {
+            return;
+        };
+        let satisfied = match (w.net, what) {
+            (NetWait::Sent, NetWait::Sent) => true,
+            (NetWait::RecvAck, NetWait::RecvAck) => true,
+            // A WriteAck implies receipt.
+            (NetWait::RecvAck | NetWait::WriteAck, NetWait::WriteAck) => true,
+            _ => false,
+        };
+        if satisfied {
+            w.net = NetWait::Done;
+            self.maybe_complete(seq);
+        }
+    }
+
+    fn maybe_complete(&mut self, seq: u64) {
+        let Some(w) = self.writes.get(&seq) else {
+            return;
+        };
+        if !w.local_done || !matches!(w.net, NetWait::Done | NetWait::None) {
+            return;
+        }
+        let w = self.writes.remove(&seq).expect("exists");
+        self.in_flight_bytes -= w.data.len() as u64;
+        if let Some(e) = w.local_err {
+            self.out.push(Action::Complete {
+                req: w.req,
+                result: Err(e),
+            });
+        } else if w.fua {
+            // FUA: stable, with everything completed before it, on every UpToDate replica.
+            self.client_flush(w.req, true);
+        } else {
+            self.out.push(Action::Complete {
+                req: w.req,
+                result: Ok(()),
+            });
+        }
+        // A write the application saw complete never shares an epoch with a later one.
+        if self.tl.back().is_some_and(|e| e.nr == self.cur_epoch) {
+            self.epoch_closed = true;
+        }
+        self.start_waiting();
+    }
+
+    fn local_done(&mut self, io: IoId, result: Result<Option<Bytes>, i32>) {
+        let Some(purpose) = self.ios.remove(&io) else {
+            return;
+        };
+        match purpose {
+            IoPurpose::AppWrite { seq } => {
+                let range = {
+                    let w = self.writes.get_mut(&seq).expect("app write in flight");
+                    w.local_done = true;
+                    w.local_err = result.err();
+                    (w.offset, w.data.len() as u64)
+                };
+                self.maybe_complete(seq);
+                self.release(range);
+            }
+            IoPurpose::PeerWrite {
+                seq,
+                epoch,
+                offset,
+                len,
+            } => {
+                let ok = result.is_ok();
+                self.release((offset, len));
+                if self.conn == ConnState::Connected {
+                    if !ok {
+                        self.out.push(Action::Send(Packet::NegAck { seq }));
+                    } else if self.cfg.protocol == Protocol::C {
+                        self.out.push(Action::Send(Packet::WriteAck { seq }));
+                    }
+                }
+                if let Some(e) = self.rx_epochs.get_mut(&epoch) {
+                    e.pending -= 1;
+                }
+                self.try_ack_barriers();
+                self.start_rx_writes();
+            }
+            IoPurpose::BarrierFlush { nr } => {
+                if let Some(e) = self.rx_epochs.remove(&nr) {
+                    if self.conn == ConnState::Connected {
+                        self.out.push(Action::Send(Packet::BarrierAck {
+                            barrier_nr: nr,
+                            set_size: e.writes,
+                        }));
+                    }
+                }
+                self.try_ack_barriers();
+                self.start_rx_writes();
+            }
+            IoPurpose::ClientFlush { flush } => {
+                if let Some(f) = self.flushes.get_mut(&flush) {
+                    f.local_pending = false;
+                    if let Err(e) = result {
+                        let f = self.flushes.remove(&flush).expect("exists");
+                        self.out.push(Action::Complete {
+                            req: f.req,
+                            result: Err(e),
+                        });
+                        return;
+                    }
+                }
+                self.maybe_complete_flush(flush);
+            }
+            IoPurpose::RsRead { id, offset, len } => {
+                self.release((offset, u64::from(len)));
+                if self.conn == ConnState::Connected {
+                    match result {
+                        Ok(Some(data)) => {
+                            self.out
+                                .push(Action::Send(Packet::RsDataReply { id, offset, data }))
+                        }
+                        _ => self
+                            .out
+                            .push(Action::Send(Packet::RsNegAck { offset, len })),
+                    }
+                }
+            }
+            IoPurpose::RsWrite { offset, len: len64 } => {
+                let range = (offset, len64);
+                self.release(range);
+                let len = u32::try_from(len64).expect("resync requests are small");
+                if result.is_ok() {
+                    self.bitmap.clear_range(range.0, range.1);
+                    if self.conn == ConnState::Connected {
+                        self.out.push(Action::Send(Packet::RsWriteAck {
+                            offset: range.0,
+                            len,
+                        }));
+                    }
+                }
+                if let Some(rs) = self.resync.as_mut() {
+                    rs.in_flight_bytes = rs.in_flight_bytes.saturating_sub(range.1);
+                }
+                self.rs_pump();
+            }
+            IoPurpose::ResyncDoneFlush => self.finish_sync_target(),
+        }
+    }
+}
+
+impl Node {
+    /// Acknowledges closed epochs in order once their writes are done (and flushed).
+    fn try_ack_barriers(&mut self) {
+        while let Some((&nr, e)) = self.rx_epochs.iter_mut().next() {
+            if !e.barrier || e.pending > 0 || e.flushing {
+                return;
+            }
+            if self.cfg.disk_flushes {
+                e.flushing = true;
+                let io = self.io(IoPurpose::BarrierFlush { nr });
+                self.out.push(Action::LocalFlush { io });
+                return;
+            }
+            let e = self.rx_epochs.remove(&nr).expect("exists");
+            if self.conn == ConnState::Connected {
+                self.out.push(Action::Send(Packet::BarrierAck {
+                    barrier_nr: nr,
+                    set_size: e.writes,
+                }));
+            }
+        }
+    }
+
+    /// Submits received writes whose earlier epochs are all stable: writes of one epoch run
+    /// concurrently, but never before the barrier of the previous epoch is flushed, so the
+    /// Secondary's disk is crash-consistent at every epoch boundary.
+    fn start_rx_writes(&mut self) {
+        while let Some(Blocked::PeerWrite { epoch, .. }) = self.rx_queue.front() {
+            let epoch = *epoch;
+            let connected = self.conn == ConnState::Connected;
+            if connected
+                && self
+                    .rx_epochs
+                    .keys()
+                    .next()
+                    .is_some_and(|&first| first < epoch)
+            {
+                return;
+            }
+            let op = self.rx_queue.pop_front().expect("front exists");
+            self.submit(op);
+        }
+    }
+
+    fn protocol_error(&mut self, what: String) {
+        let reason = format!("protocol error from the peer: {what}");
+        self.out.push(Action::DropConnection {
+            reason: reason.clone(),
+        });
+        self.lose_peer(reason, ConnState::Connecting);
+    }
+
+    fn packet(&mut self, packet: Packet) {
+        match packet {
+            Packet::Sizes {
+                backing_sect,
+                user_sect,
+                current_sect,
+            } => {
+                self.peer.sizes = Some((backing_sect, user_sect, current_sect));
+                self.maybe_handshake();
+            }
+            Packet::Uuids {
+                uuids,
+                bitmap_bits,
+                flags,
+            } => {
+                self.peer.uuids = Some((uuids, bitmap_bits, flags));
+                if self.repl == ReplState::Established && uuids[0] & !1 != self.md.uuids[0] & !1 {
+                    // The peer started a new data generation while connected (primary --force).
+                    self.rehandshake();
+                }
+                self.maybe_handshake();
+            }
+            Packet::State { role, disk } => {
+                let role = if role == WireRole::Primary {
+                    Role::Primary
+                } else {
+                    Role::Secondary
+                };
+                let disk = DiskState::from_wire(disk);
+                self.peer.role = Some(role);
+                self.peer.disk = Some(disk);
+                if self.repl != ReplState::WFReportParams
+                    && role == Role::Primary
+                    && self.role == Role::Primary
+                    && !self.cfg.allow_two_primaries
+                {
+                    let reason = "both nodes are Primary; dropping the connection".to_string();
+                    self.out.push(Action::DropConnection {
+                        reason: reason.clone(),
+                    });
+                    self.lose_peer(reason, ConnState::StandAlone);
+                    return;
+                }
+                if self.repl == ReplState::SyncSource && disk == DiskState::UpToDate {
+                    self.finish_sync_source();
+                }
+                self.notify(format!("peer {role}/{disk}"));
+                self.maybe_handshake();
+            }
+            Packet::Bitmap {
+                offset_words,
+                words,
+                last,
+            } => {
+                self.bitmap.merge_words(offset_words, &words);
+                if last {
+                    self.peer.bitmap_done = true;
+                    self.maybe_start_pending_sync();
+                }
+            }
+            Packet::Data {
+                seq,
+                epoch,
+                offset,
+                flags,
+                data,
+            } => {
+                if self.role == Role::Primary && !self.cfg.allow_two_primaries {
+                    return self
+                        .protocol_error("a write arrived while this node is Primary".into());
+                }
+                if offset + data.len() as u64 > self.cfg.backing_bytes {
+                    return self.protocol_error(format!("write at {offset} beyond the disk"));
+                }
+                if self.cfg.protocol == Protocol::B {
+                    self.out.push(Action::Send(Packet::RecvAck { seq }));
+                }
+                let e = self.rx_epochs.entry(epoch).or_default();
+                e.pending += 1;
+                e.writes += 1;
+                let fua = flags & data_flags::FUA != 0;
+                self.rx_queue.push_back(Blocked::PeerWrite {
+                    seq,
+                    epoch,
+                    offset,
+                    data,
+                    fua,
+                });
+                self.start_rx_writes();
+            }
+            Packet::RecvAck { seq } => self.net_ack(seq, NetWait::RecvAck),
+            Packet::WriteAck { seq } => self.net_ack(seq, NetWait::WriteAck),
+            Packet::NegAck { seq } => {
+                if let Some(w) = self.writes.get(&seq) {
+                    self.bitmap.set_range(w.offset, w.data.len() as u64);
+                    if let Some(w) = self.writes.get_mut(&seq) {
+                        w.net = NetWait::Done;
+                    }
+                    self.maybe_complete(seq);
+                }
+            }
+            Packet::Barrier { barrier_nr } => {
+                self.rx_epochs.entry(barrier_nr).or_default().barrier = true;
+                self.try_ack_barriers();
+            }
+            Packet::BarrierAck { barrier_nr, .. } => {
+                while self.tl.front().is_some_and(|e| e.nr <= barrier_nr) {
+                    self.tl.pop_front();
+                }
+                self.barrier_acked = barrier_nr;
+                let ids: Vec<u64> = self.flushes.keys().copied().collect();
+                for id in ids {
+                    self.maybe_complete_flush(id);
+                }
+            }
+            Packet::RsDataRequest { id, offset, len } => {
+                if self.repl != ReplState::SyncSource {
+                    return self.protocol_error("resync request while not SyncSource".into());
+                }
+                if offset + u64::from(len) > self.cfg.backing_bytes {
+                    return self
+                        .protocol_error(format!("resync request at {offset} beyond the disk"));
+                }
+                self.submit(Blocked::RsRead { id, offset, len });
+            }
+            Packet::RsDataReply { id, offset, data } => {
+                let Some(rs) = self.resync.as_mut() else {
+                    return self.protocol_error("resync data while not SyncTarget".into());
+                };
+                if rs.in_flight.remove(&id).is_none() {
+                    return self.protocol_error(format!("resync data for unknown request {id}"));
+                }
+                self.submit(Blocked::RsWrite { offset, data });
+            }
+            Packet::RsWriteAck { offset, len } => {
+                self.bitmap.clear_range(offset, u64::from(len));
+            }
+            Packet::RsNegAck { offset, len } => {
+                self.last_error =
+                    Some(format!("the peer could not resync {len} bytes at {offset}"));
+                if let Some(rs) = self.resync.as_mut() {
+                    let key = rs
+                        .in_flight
+                        .iter()
+                        .find(|(_, &(o, _))| o == offset)
+                        .map(|(&k, _)| k);
+                    if let Some(k) = key {
+                        rs.in_flight.remove(&k);
+                        rs.in_flight_bytes = rs.in_flight_bytes.saturating_sub(u64::from(len));
+                    }
+                }
+            }
+            Packet::Ping => self.out.push(Action::Send(Packet::PingAck)),
+            Packet::PingAck => self.ping_sent_ms = None,
+            other => self.protocol_error(format!("unexpected {other:?}")),
+        }
+    }
+
+    fn connected(&mut self, gen: u64) {
+        if self.conn != ConnState::Connecting {
+            self.out.push(Action::DropConnection {
+                reason: format!("not connecting ({})", self.conn),
+            });
+            return;
+        }
+        self.gen = gen;
+        self.conn = ConnState::Connected;
+        self.repl = ReplState::WFReportParams;
+        self.peer = Peer::default();
+        self.last_rx_ms = self.now_ms;
+        self.ping_sent_ms = None;
+        self.last_error = None;
+        self.cur_epoch_writes = 0;
+        self.epoch_closed = false;
+        self.rehandshake();
+        self.notify("connection Connected".into());
+    }
+
+    /// Exchanges sizes, UUIDs and state again and decides the sync direction anew.
+    fn rehandshake(&mut self) {
+        self.repl = ReplState::WFReportParams;
+        self.out.push(Action::Send(Packet::Sizes {
+            backing_sect: self.cfg.backing_bytes / 512,
+            user_sect: 0,
+            current_sect: self.md.la_size_sect,
+        }));
+        self.send_uuids();
+        self.send_state();
+    }
+
+    fn send_uuids(&mut self) {
+        let mut flags = 0;
+        if self.discard_my_data {
+            flags |= uuid_flags::DISCARD_MY_DATA;
+        }
+        if self.md.flags & flags::CRASHED_PRIMARY != 0 {
+            flags |= uuid_flags::CRASHED_PRIMARY;
+        }
+        if self.disk == DiskState::Inconsistent {
+            flags |= uuid_flags::INCONSISTENT;
+        }
+        self.out.push(Action::Send(Packet::Uuids {
+            uuids: self.md.uuids,
+            bitmap_bits: self.bitmap.count(),
+            flags,
+        }));
+    }
+
+    fn refuse(&mut self, reason: String) {
+        self.out.push(Action::DropConnection {
+            reason: reason.clone(),
+        });
+        self.lose_peer(reason, ConnState::StandAlone);
+    }
+
+    fn maybe_handshake(&mut self) {
+        if self.repl != ReplState::WFReportParams {
+            return;
+        }
+        let (Some((p_backing, p_user, p_current)), Some((p_uuids, _, p_flags)), Some(p_role)) =
+            (self.peer.sizes, self.peer.uuids, self.peer.role)
+        else {
+            return;
+        };
+        let my_sect = self.cfg.backing_bytes / 512;
+        let mut agreed = my_sect.min(p_backing);
+        if p_user > 0 {
+            agreed = agreed.min(p_user);
+        }
+        let la = self.md.la_size_sect.max(p_current);
+        if la > 0 && agreed < la {
+            return self.refuse(format!(
+                "the peer's disk is too small: {} bytes usable, but the device is {} bytes",
+                agreed * 512,
+                la * 512
+            ));
+        }
+        let decision = uuid::compare(
+            &self.md.uuids,
+            &p_uuids,
+            self.md.flags & flags::CRASHED_PRIMARY != 0,
+            p_flags & uuid_flags::CRASHED_PRIMARY != 0,
+        );
+        let split_brain = matches!(
+            decision,
+            SyncDecision::SplitBrain | SyncDecision::SplitBrainDisconnect
+        );
+        if !split_brain
+            && p_role == Role::Primary
+            && self.role == Role::Primary
+            && !self.cfg.allow_two_primaries
+        {
+            return self.refuse("both nodes are Primary; refusing to connect".into());
+        }
+        let p_disk = self.peer.disk.unwrap_or(DiskState::DUnknown);
+        if la == 0 || self.md.la_size_sect != la {
+            self.md.la_size_sect = if la == 0 { agreed } else { la };
+            self.persist();
+        }
+        let i_am_source = match decision {
+            SyncDecision::NoSync => {
+                let usable = |d: DiskState| d >= DiskState::Outdated && d != DiskState::DUnknown;
+                if usable(self.disk) && usable(p_disk) {
+                    self.disk = DiskState::UpToDate;
+                    self.peer.disk = Some(DiskState::UpToDate);
+                    self.persist();
+                }
+                self.repl = ReplState::Established;
+                self.send_state();
+                self.notify(format!("replication Established (peer {p_role}/{p_disk})"));
+                return;
+            }
+            SyncDecision::SourceFull | SyncDecision::SourceBitmap => true,
+            SyncDecision::TargetFull | SyncDecision::TargetBitmap => false,
+            SyncDecision::SplitBrain | SyncDecision::SplitBrainDisconnect => {
+                return self.refuse("Split-Brain detected, dropping connection!".into());
+            }
+            SyncDecision::UnrelatedData => {
+                return self.refuse("Unrelated data, aborting! (the peer's data has no common generation with mine)".into());
+            }
+        };
+        if !i_am_source && self.role == Role::Primary {
+            return self.refuse("I am Primary but the peer has newer data: I would become SyncTarget (rr-conflict disconnect)".into());
+        }
+        if i_am_source && self.disk < DiskState::Outdated {
+            return self.refuse(format!(
+                "the sync would copy my {} disk to the peer; refusing",
+                self.disk
+            ));
+        }
+        match decision {
+            SyncDecision::SourceFull | SyncDecision::TargetFull => {
+                self.bitmap.set_all();
+                if i_am_source {
+                    self.start_sync_source();
+                } else {
+                    self.start_sync_target();
+                }
+            }
+            _ => {
+                self.repl = ReplState::WFBitMap;
+                self.pending_sync = Some(i_am_source);
+                self.send_bitmap();
+                self.maybe_start_pending_sync();
+            }
+        }
+    }
+
+    fn send_bitmap(&mut self) {
+        let words = self.bitmap.words().to_vec();
+        let chunk = crate::wire::MAX_BITMAP_WORDS_PER_PACKET;
+        let n = words.len().div_ceil(chunk).max(1);
+        for i in 0..n {
+            let slice = &words[(i * chunk).min(words.len())..((i + 1) * chunk).min(words.len())];
+            self.out.push(Action::Send(Packet::Bitmap {
+                offset_words: (i * chunk) as u64,
+                words: slice.to_vec(),
+                last: i + 1 == n,
+            }));
+        }
+    }
+
+    fn maybe_start_pending_sync(&mut self) {
+        if self.repl != ReplState::WFBitMap || !self.peer.bitmap_done {
+            return;
+        }
+        match self.pending_sync.take() {
+            Some(true) => self.start_sync_source(),
+            Some(false) => self.start_sync_target(),
+            None => {}
+        }
+    }
+
+    fn new_resync(&self) -> Resync {
+        Resync {
+            cursor: 0,
+            in_flight: HashMap::new(),
+            in_flight_bytes: 0,
+            total_blocks: self.bitmap.count(),
+            started_ms: self.now_ms,
+            budget: self.cfg.resync_window_bytes as f64,
+            last_refill_ms: self.now_ms,
+            samples: VecDeque::from([(self.now_ms, self.bitmap.count())]),
+            finishing: false,
+        }
+    }
+
+    fn start_sync_source(&mut self) {
+        self.repl = ReplState::SyncSource;
+        self.peer.disk = Some(DiskState::Inconsistent);
+        self.resync = Some(self.new_resync());
+        self.out.push(Action::WriteBitmap);
+        self.notify(format!(
+            "replication SyncSource ({} KiB to sync)",
+            self.bitmap.count() * 4
+        ));
+        if self.bitmap.count() == 0 {
+            // Nothing differs; the target will say UpToDate right away.
+        }
+    }
+
+    fn start_sync_target(&mut self) {
+        self.repl = ReplState::SyncTarget;
+        self.disk = DiskState::Inconsistent;
+        self.resync = Some(self.new_resync());
+        self.persist();
+        self.out.push(Action::WriteBitmap);
+        self.send_state();
+        self.notify(format!(
+            "replication SyncTarget ({} KiB to sync)",
+            self.bitmap.count() * 4
+        ));
+        self.rs_pump();
+    }
+
+    /// SyncTarget: requests out-of-sync ranges in disk order, within the window and the rate.
+    fn rs_pump(&mut self) {
+        if self.repl != ReplState::SyncTarget || self.conn != ConnState::Connected {
+            return;
+        }
+        let size = self.size_bytes();
+        let window = self.cfg.resync_window_bytes.max(BLOCK_BYTES);
+        let max_blocks = (self.cfg.resync_request_bytes / BLOCK_BYTES).max(1);
+        let rate = self.cfg.resync_rate_bytes_per_s as f64;
+        let now = self.now_ms;
+        let mut restarted = false;
+        loop {
+            let Some(rs) = self.resync.as_mut() else {
+                return;
+            };
+            if rs.finishing {
+                return;
+            }
+            let dt = now.saturating_sub(rs.last_refill_ms) as f64 / 1000.0;
+            rs.budget = (rs.budget + dt * rate).min(window as f64);
+            rs.last_refill_ms = now;
+            if rs.in_flight_bytes >= window {
+                return;
+            }
+            let Some((first, blocks)) = self.bitmap.next_run(rs.cursor, max_blocks) else {
+                if rs.in_flight_bytes == 0 && rs.in_flight.is_empty() {
+                    if self.bitmap.count() > 0 && !restarted {
+                        rs.cursor = 0;
+                        restarted = true;
+                        continue;
+                    }
+                    rs.finishing = true;
+                    let io = self.io(IoPurpose::ResyncDoneFlush);
+                    self.out.push(Action::LocalFlush { io });
+                }
+                return;
+            };
+            let offset = first * BLOCK_BYTES;
+            if offset >= size {
+                // Blocks past the agreed size do not exist on the device.
+                self.bitmap
+                    .clear_range(offset, (blocks * BLOCK_BYTES).max(u64::MAX / 4 - offset));
+                continue;
+            }
+            let len = (blocks * BLOCK_BYTES).min(size - offset);
+            if rs.budget < len as f64 && rs.in_flight_bytes > 0 {
+                return;
+            }
+            rs.budget -= len as f64;
+            rs.cursor = first + blocks;
+            let id = self.next_id;
+            self.next_id += 1;
+            rs.in_flight.insert(
+                id,
+                (offset, u32::try_from(len).expect("resync request size")),
+            );
+            rs.in_flight_bytes += len;
+            self.out.push(Action::Send(Packet::RsDataRequest {
+                id,
+                offset,
+                len: u32::try_from(len).expect("resync request size"),
+            }));
+        }
+    }
+
+    fn finish_sync_target(&mut self) {
+        if self.repl != ReplState::SyncTarget {
+            return;
+        }
+        self.resync = None;
+        self.repl = ReplState::Established;
+        self.disk = DiskState::UpToDate;
+        if let Some((p, _, _)) = self.peer.uuids {
+            let history = if p[1] != 0 { p[1] } else { p[2] };
+            self.md.uuids = [p[0], 0, history, if p[1] != 0 { p[2] } else { p[3] }];
+        }
+        self.bitmap.clear_all();
+        self.persist();
+        self.out.push(Action::WriteBitmap);
+        self.send_state();
+        self.send_uuids();
+        self.notify("resync finished: disk UpToDate".into());
+    }
+
+    fn finish_sync_source(&mut self) {
+        self.resync = None;
+        self.repl = ReplState::Established;
+        if self.md.uuids[1] != 0 {
+            self.md.uuids[3] = self.md.uuids[2];
+            self.md.uuids[2] = self.md.uuids[1];
+            self.md.uuids[1] = 0;
+        }
+        self.bitmap.clear_all();
+        self.persist();
+        self.out.push(Action::WriteBitmap);
+        self.send_uuids();
+        self.notify("resync finished: peer UpToDate".into());
+    }
+
+    fn lose_peer(&mut self, reason: String, next: ConnState) {
+        let was_up_to_date_peer = self.peer.disk == Some(DiskState::UpToDate);
+        self.conn = next;
+        self.repl = ReplState::Off;
+        for e in std::mem::take(&mut self.tl) {
+            for (offset, len) in e.ranges {
+                self.bitmap.set_range(offset, len);
+            }
+        }
+        self.barrier_acked = self.last_barrier_sent;
+        self.cur_epoch_writes = 0;
+        self.epoch_closed = false;
+        let waiting: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.started && !matches!(w.net, NetWait::Done | NetWait::None))
+            .map(|(&s, _)| s)
+            .collect();
+        for seq in waiting {
+            let w = self.writes.get_mut(&seq).expect("exists");
+            w.net = NetWait::None;
+            self.maybe_complete(seq);
+        }
+        for f in self.flushes.values_mut() {
+            f.barrier = None;
+        }
+        let ids: Vec<u64> = self.flushes.keys().copied().collect();
+        for id in ids {
+            self.maybe_complete_flush(id);
+        }
+        self.rx_epochs.clear();
+        self.start_rx_writes();
+        self.resync = None;
+        self.pending_sync = None;
+        if self.role == Role::Primary
+            && self.disk == DiskState::UpToDate
+            && was_up_to_date_peer
+            && self.md.uuids[1] == 0
+        {
+            self.new_current_uuid();
+        }
+        self.peer = Peer::default();
+        self.persist();
+        self.out.push(Action::WriteBitmap);
+        self.notify(format!("connection {next}: {reason}"));
+        self.last_error = Some(reason);
+    }
+
+    fn tick(&mut self) {
+        let now = self.now_ms;
+        if self.conn == ConnState::Connected {
+            match self.ping_sent_ms {
+                Some(sent)
+                    if now.saturating_sub(sent)
+                        > self.cfg.ping_timeout_ms.max(self.cfg.ping_int_ms) =>
+                {
+                    let reason = "the peer did not answer a ping in time".to_string();
+                    self.out.push(Action::DropConnection {
+                        reason: reason.clone(),
+                    });
+                    return self.lose_peer(reason, ConnState::Connecting);
+                }
+                None if now.saturating_sub(self.last_rx_ms) >= self.cfg.ping_int_ms => {
+                    self.ping_sent_ms = Some(now);
+                    self.out.push(Action::Send(Packet::Ping));
+                }
+                _ => {}
+            }
+            let stalled = self.writes.values().any(|w| {
+                w.started
+                    && matches!(w.net, NetWait::Sent | NetWait::RecvAck | NetWait::WriteAck)
+                    && now.saturating_sub(w.sent_at_ms) > self.cfg.ack_timeout_ms
+            });
+            if stalled {
+                let reason = format!(
+                    "the peer did not acknowledge a write within {} ms",
+                    self.cfg.ack_timeout_ms
+                );
+                self.out.push(Action::DropConnection {
+                    reason: reason.clone(),
+                });
+                return self.lose_peer(reason, ConnState::Connecting);
+            }
+        }
+        let count = self.bitmap.count();
+        if let Some(rs) = self.resync.as_mut() {
+            if rs.samples.back().is_none_or(|&(t, _)| now >= t + 1000) {
+                rs.samples.push_back((now, count));
+                while rs.samples.len() > 10 {
+                    rs.samples.pop_front();
+                }
+            }
+        }
+        self.rs_pump();
+    }
+}

@@ -1,0 +1,514 @@
+//! Two nodes wired together in memory: a small deterministic harness for the core.
+//!
+//! Each direction has two FIFO sockets (data and meta) that a seeded random scheduler
+//! interleaves, local IO completes in random order, and filters can hold packets back to prove
+//! when a write completes. This is the seed of the full simulator of the split-brain issue.
+
+#![allow(clippy::cast_possible_truncation)] // a test harness on 64-bit hosts
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::Protocol;
+use crate::md::{flags, UUID_JUST_CREATED};
+use crate::wire::Packet;
+
+const DISK: u64 = 4 << 20;
+
+fn is_meta(p: &Packet) -> bool {
+    matches!(
+        p,
+        Packet::RecvAck { .. }
+            | Packet::WriteAck { .. }
+            | Packet::NegAck { .. }
+            | Packet::BarrierAck { .. }
+            | Packet::RsWriteAck { .. }
+            | Packet::RsNegAck { .. }
+            | Packet::Ping
+            | Packet::PingAck
+    )
+}
+
+fn config(name: &str, protocol: Protocol) -> NodeConfig {
+    NodeConfig {
+        name: name.into(),
+        protocol,
+        backing_bytes: DISK,
+        max_in_flight_bytes: 1 << 20,
+        max_epoch_size: 2048,
+        ping_int_ms: 10_000,
+        ping_timeout_ms: 500,
+        ack_timeout_ms: 60_000,
+        disk_flushes: true,
+        resync_window_bytes: 256 << 10,
+        resync_request_bytes: 64 << 10,
+        resync_rate_bytes_per_s: 1 << 40,
+        allow_two_primaries: false,
+    }
+}
+
+type Hold = Box<dyn Fn(usize, &Packet) -> bool>;
+
+struct Harness {
+    nodes: Vec<Node>,
+    disks: Vec<Vec<u8>>,
+    /// inbox[to][0 data, 1 meta]
+    inbox: Vec<[VecDeque<Packet>; 2]>,
+    io: Vec<Vec<Action>>,
+    events: VecDeque<(usize, Event)>,
+    gen: u64,
+    connected: bool,
+    hold: Option<Hold>,
+    pending_lost: Option<(usize, String)>,
+    held: Vec<(usize, Packet)>,
+    completed: HashMap<ReqId, Result<(), i32>>,
+    replies: HashMap<ReqId, Result<(), String>>,
+    rng: u64,
+    now: u64,
+    next_req: ReqId,
+}
+
+impl Harness {
+    fn new(protocol: Protocol, seed: u64) -> Harness {
+        let md = MdState {
+            uuids: [UUID_JUST_CREATED, 0, 0, 0],
+            flags: flags::AL_CLEAN,
+            la_size_sect: 0,
+        };
+        let words = vec![0u64; (DISK / 4096 / 64) as usize];
+        Harness {
+            nodes: vec![
+                Node::new(config("alpha", protocol), md, &words, seed ^ 1),
+                Node::new(config("beta", protocol), md, &words, seed ^ 2),
+            ],
+            disks: vec![vec![0; DISK as usize], vec![0; DISK as usize]],
+            inbox: vec![Default::default(), Default::default()],
+            io: vec![Vec::new(), Vec::new()],
+            events: VecDeque::new(),
+            gen: 0,
+            connected: false,
+            hold: None,
+            pending_lost: None,
+            held: Vec::new(),
+            completed: HashMap::new(),
+            replies: HashMap::new(),
+            rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            now: 1,
+            next_req: 1,
+        }
+    }
+
+    fn rand(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % n as u64) as usize
+    }
+
+    fn feed(&mut self, i: usize, e: Event) {
+        let actions = self.nodes[i].apply(e, self.now);
+        for a in actions {
+            match a {
+                Action::LocalWrite { .. }
+                | Action::LocalRead { .. }
+                | Action::LocalFlush { .. } => self.io[i].push(a),
+                Action::Send(p) => {
+                    if !self.connected {
+                        continue;
+                    }
+                    if let Packet::Data { seq, .. } = &p {
+                        self.events.push_back((
+                            i,
+                            Event::Sent {
+                                gen: self.gen,
+                                seq: *seq,
+                            },
+                        ));
+                    }
+                    if self.hold.as_ref().is_some_and(|h| h(i, &p)) {
+                        self.held.push((i, p));
+                    } else {
+                        let socket = usize::from(is_meta(&p));
+                        self.inbox[1 - i][socket].push_back(p);
+                    }
+                }
+                Action::DropConnection { reason } => {
+                    if self.connected {
+                        // What the peer had already sent to i is gone; what i had sent is
+                        // still delivered (TCP), then the peer sees the connection close.
+                        self.connected = false;
+                        self.inbox[i] = Default::default();
+                        self.held.clear();
+                        self.pending_lost = Some((1 - i, reason));
+                    }
+                }
+                Action::Complete { req, result } => {
+                    assert!(
+                        self.completed.insert(req, result).is_none(),
+                        "request {req} completed twice"
+                    );
+                }
+                Action::Reply { req, result } => {
+                    self.replies.insert(req, result);
+                }
+                Action::WriteMd(_) | Action::WriteBitmap | Action::Notify(_) => {}
+            }
+        }
+    }
+
+    /// Runs until nothing is left to do (or only held packets remain).
+    fn run(&mut self) {
+        for _ in 0..10_000_000 {
+            if let Some((i, e)) = self.events.pop_front() {
+                self.feed(i, e);
+                continue;
+            }
+            let mut choices = Vec::new();
+            for i in 0..2 {
+                for s in 0..2 {
+                    if !self.inbox[i][s].is_empty() {
+                        choices.push((0, i, s));
+                    }
+                }
+                if !self.io[i].is_empty() {
+                    choices.push((1, i, 0));
+                }
+            }
+            if let Some((to, _)) = &self.pending_lost {
+                if self.inbox[*to].iter().all(VecDeque::is_empty) {
+                    let (to, reason) = self.pending_lost.take().expect("checked");
+                    self.events.push_back((
+                        to,
+                        Event::PeerLost {
+                            gen: self.gen,
+                            reason,
+                        },
+                    ));
+                    continue;
+                }
+            }
+            if choices.is_empty() {
+                return;
+            }
+            let (kind, i, s) = choices[self.rand(choices.len())];
+            if kind == 0 {
+                let p = self.inbox[i][s].pop_front().expect("non-empty");
+                self.events.push_back((
+                    i,
+                    Event::Packet {
+                        gen: self.gen,
+                        packet: p,
+                    },
+                ));
+            } else {
+                let k = self.rand(self.io[i].len());
+                let a = self.io[i].remove(k);
+                self.do_io(i, a);
+            }
+            self.now += 1;
+        }
+        panic!("harness did not quiesce");
+    }
+
+    fn do_io(&mut self, i: usize, a: Action) {
+        match a {
+            Action::LocalWrite {
+                io, offset, data, ..
+            } => {
+                let o = offset as usize;
+                self.disks[i][o..o + data.len()].copy_from_slice(&data);
+                self.events.push_back((
+                    i,
+                    Event::LocalDone {
+                        io,
+                        result: Ok(None),
+                    },
+                ));
+            }
+            Action::LocalRead { io, offset, len } => {
+                let o = offset as usize;
+                let data = Bytes::copy_from_slice(&self.disks[i][o..o + len as usize]);
+                self.events.push_back((
+                    i,
+                    Event::LocalDone {
+                        io,
+                        result: Ok(Some(data)),
+                    },
+                ));
+            }
+            Action::LocalFlush { io } => self.events.push_back((
+                i,
+                Event::LocalDone {
+                    io,
+                    result: Ok(None),
+                },
+            )),
+            _ => unreachable!(),
+        }
+    }
+
+    fn command(&mut self, i: usize, command: Command) -> Result<(), String> {
+        let req = self.next_req;
+        self.next_req += 1;
+        self.feed(i, Event::Command { req, command });
+        self.run();
+        self.replies.remove(&req).expect("commands reply at once")
+    }
+
+    fn connect(&mut self) {
+        for i in 0..2 {
+            if self.nodes[i].connection() == ConnState::StandAlone {
+                self.command(
+                    i,
+                    Command::Connect {
+                        discard_my_data: false,
+                    },
+                )
+                .unwrap();
+            }
+        }
+        assert!(self.nodes.iter().all(Node::wants_connection));
+        self.gen += 1;
+        self.connected = true;
+        self.feed(0, Event::PeerConnected { gen: self.gen });
+        self.feed(1, Event::PeerConnected { gen: self.gen });
+        self.run();
+    }
+
+    fn cut(&mut self) {
+        self.connected = false;
+        self.inbox = vec![Default::default(), Default::default()];
+        self.held.clear();
+        for i in 0..2 {
+            self.feed(
+                i,
+                Event::PeerLost {
+                    gen: self.gen,
+                    reason: "cable pulled".into(),
+                },
+            );
+        }
+        self.run();
+    }
+
+    fn write(&mut self, i: usize, offset: u64, fill: u8, len: usize) -> ReqId {
+        let req = self.next_req;
+        self.next_req += 1;
+        self.feed(
+            i,
+            Event::Write {
+                req,
+                offset,
+                data: Bytes::from(vec![fill; len]),
+                fua: false,
+            },
+        );
+        req
+    }
+
+    fn release_held(&mut self) {
+        for (from, p) in std::mem::take(&mut self.held) {
+            let socket = usize::from(is_meta(&p));
+            self.inbox[1 - from][socket].push_back(p);
+        }
+        self.run();
+    }
+
+    /// A synced, connected pair with alpha Primary.
+    fn synced(protocol: Protocol, seed: u64) -> Harness {
+        let mut h = Harness::new(protocol, seed);
+        h.connect();
+        h.command(0, Command::Primary { force: true }).unwrap();
+        h.run();
+        assert_eq!(
+            h.nodes[1].disk(),
+            DiskState::UpToDate,
+            "initial sync finished"
+        );
+        h
+    }
+}
+
+#[test]
+fn initial_full_sync_copies_everything() {
+    let mut h = Harness::new(Protocol::C, 7);
+    h.disks[0][12345] = 0xab;
+    h.disks[0][DISK as usize - 1] = 0xcd;
+    h.connect();
+    assert_eq!(h.nodes[0].status(0).replication, ReplState::Established);
+    assert_eq!(
+        h.nodes[0].disk(),
+        DiskState::Inconsistent,
+        "two fresh disks wait for primary --force"
+    );
+    let e = h.command(0, Command::Primary { force: false }).unwrap_err();
+    assert!(e.contains("Inconsistent"), "{e}");
+    h.command(0, Command::Primary { force: true }).unwrap();
+    assert_eq!(h.nodes[0].disk(), DiskState::UpToDate);
+    assert_eq!(h.nodes[1].disk(), DiskState::UpToDate);
+    assert_eq!(h.nodes[1].status(0).replication, ReplState::Established);
+    assert!(
+        h.disks[0] == h.disks[1],
+        "replicas identical after the full sync"
+    );
+    assert_eq!(h.nodes[0].md().uuids[0], h.nodes[1].md().uuids[0]);
+    assert_eq!(h.nodes[0].status(0).out_of_sync_kib, 0);
+    let e = h.command(1, Command::Primary { force: false }).unwrap_err();
+    assert!(e.contains("peer is Primary"), "{e}");
+}
+
+#[test]
+fn protocol_c_completes_on_write_ack_only() {
+    let mut h = Harness::synced(Protocol::C, 1);
+    h.hold = Some(Box::new(|from, p| {
+        from == 1 && matches!(p, Packet::WriteAck { .. })
+    }));
+    let req = h.write(0, 8192, 7, 4096);
+    h.run();
+    assert!(
+        h.disks[1][8192..12288].iter().all(|&b| b == 7),
+        "the peer wrote it"
+    );
+    assert!(
+        !h.completed.contains_key(&req),
+        "protocol C must wait for WRITE_ACK"
+    );
+    h.hold = None;
+    h.release_held();
+    assert_eq!(h.completed.get(&req), Some(&Ok(())));
+}
+
+#[test]
+fn protocol_b_completes_on_recv_ack_before_the_peer_writes() {
+    let mut h = Harness::synced(Protocol::B, 2);
+    h.hold = Some(Box::new(|from, p| {
+        from == 1 && matches!(p, Packet::RecvAck { .. })
+    }));
+    let req = h.write(0, 0, 9, 4096);
+    h.run();
+    assert!(
+        !h.completed.contains_key(&req),
+        "protocol B must wait for RECV_ACK"
+    );
+    h.hold = None;
+    h.release_held();
+    assert_eq!(h.completed.get(&req), Some(&Ok(())));
+
+    // With the peer's disk write withheld, B still completes on receipt.
+    let mut h = Harness::synced(Protocol::B, 3);
+    h.hold = Some(Box::new(|from, p| {
+        from == 0 && matches!(p, Packet::Data { .. })
+    }));
+    let req = h.write(0, 0, 9, 4096);
+    h.run();
+    assert!(!h.completed.contains_key(&req));
+}
+
+#[test]
+fn protocol_a_completes_without_any_ack() {
+    let mut h = Harness::synced(Protocol::A, 4);
+    h.hold = Some(Box::new(|from, p| {
+        from == 1 && matches!(p, Packet::RecvAck { .. } | Packet::WriteAck { .. })
+    }));
+    let req = h.write(0, 4096, 3, 8192);
+    h.run();
+    assert_eq!(h.completed.get(&req), Some(&Ok(())));
+}
+
+#[test]
+fn flush_waits_for_the_barrier_ack() {
+    let mut h = Harness::synced(Protocol::A, 5);
+    let w = h.write(0, 0, 1, 4096);
+    h.run();
+    assert!(h.completed.contains_key(&w));
+    h.hold = Some(Box::new(|from, p| {
+        from == 1 && matches!(p, Packet::BarrierAck { .. })
+    }));
+    let req = h.next_req;
+    h.next_req += 1;
+    h.feed(0, Event::Flush { req });
+    h.run();
+    assert!(
+        !h.completed.contains_key(&req),
+        "a flush needs the peer's barrier ack"
+    );
+    h.hold = None;
+    h.release_held();
+    assert_eq!(h.completed.get(&req), Some(&Ok(())));
+}
+
+#[test]
+fn disconnect_marks_bitmap_and_reconnect_resyncs_only_changes() {
+    let mut h = Harness::synced(Protocol::C, 6);
+    h.cut();
+    assert_eq!(h.nodes[0].connection(), ConnState::Connecting);
+    let reqs: Vec<ReqId> = (0..5)
+        .map(|k| h.write(0, k * 65536, 0x40 + k as u8, 4096))
+        .collect();
+    h.run();
+    for r in reqs {
+        assert_eq!(
+            h.completed.get(&r),
+            Some(&Ok(())),
+            "degraded writes complete locally"
+        );
+    }
+    assert_eq!(h.nodes[0].status(0).out_of_sync_kib, 20);
+    assert!(h.disks[0] != h.disks[1]);
+    h.connect();
+    assert_eq!(h.nodes[1].disk(), DiskState::UpToDate);
+    assert_eq!(h.nodes[0].status(0).out_of_sync_kib, 0);
+    assert!(
+        h.disks[0] == h.disks[1],
+        "the resync copied the changed blocks"
+    );
+}
+
+#[test]
+fn split_brain_is_detected_and_never_merged() {
+    let mut h = Harness::synced(Protocol::C, 8);
+    h.cut();
+    h.command(1, Command::Primary { force: false }).unwrap();
+    h.write(0, 0, 0x11, 4096);
+    h.write(1, 4096, 0x22, 4096);
+    h.run();
+    let before = h.disks.clone();
+    h.connect();
+    for n in &h.nodes {
+        assert_eq!(n.connection(), ConnState::StandAlone);
+        assert!(n.status(0).last_error.unwrap().contains("Split-Brain"));
+    }
+    assert!(h.disks == before, "nothing was synced");
+}
+
+#[test]
+fn random_overlapping_writes_leave_identical_replicas() {
+    for seed in 0..40 {
+        let mut h = Harness::synced(Protocol::C, seed);
+        let mut reqs = Vec::new();
+        for k in 0..60u64 {
+            let block = h.rand(16) as u64;
+            let len = 512 * (1 + h.rand(16));
+            let fill = (seed as u8).wrapping_add(k as u8);
+            reqs.push(h.write(0, block * 2048, fill, len));
+            if h.rand(4) == 0 {
+                h.run();
+            }
+            if k == 30 && seed % 3 == 0 {
+                h.run();
+                h.cut();
+            }
+            if k == 45 && seed % 3 == 0 {
+                h.connect();
+            }
+        }
+        h.run();
+        for r in &reqs {
+            assert_eq!(h.completed.get(r), Some(&Ok(())), "seed {seed}");
+        }
+        assert!(h.disks[0] == h.disks[1], "seed {seed}: replicas diverged");
+        assert_eq!(h.nodes[1].disk(), DiskState::UpToDate, "seed {seed}");
+    }
+}
