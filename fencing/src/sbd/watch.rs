@@ -1,0 +1,251 @@
+//! The watcher's driver (`fencectl sbd ... watch`, and the library call clusterd will use):
+//! reads the disks, keeps the time, feeds the watchdog; every decision is [`Watcher`]'s.
+//!
+//! Start-up, as sbd's servant: every device must be readable, carry the same timeouts, and get
+//! a slot for this node (allocated if missing); the mailbox is checked against the start mode and
+//! cleared. Only then is the watchdog opened (which arms it) and set to the header's watchdog
+//! timeout. Then one thread per disk reads header, slot and mailbox every loop timeout (each I/O
+//! bounded by the I/O timeout) and reports to the main loop, which ticks the watcher every
+//! [`TICK`].
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use super::device::SbdDevice;
+use super::format::{Header, Mailbox, NodeName, Slot};
+use super::ops::{self, DeviceOptions};
+use super::watcher::{
+    check_consistent, check_watch_timing, may_start, Action, DiskReport, FenceReason, StartMode,
+    Watcher,
+};
+use super::SbdError;
+use crate::watchdog::Watchdog;
+
+/// How often the main loop re-evaluates health and feeds the watchdog.
+pub const TICK: Duration = Duration::from_millis(100);
+/// After fencing, how many watchdog timeouts to wait for the watchdog before giving up.
+pub const FENCE_WAIT_WATCHDOG_TIMEOUTS: u32 = 10;
+
+/// What the watcher needs besides the devices.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// This node's name (its slot).
+    pub node: NodeName,
+    /// How to open the devices, with the bound on every disk I/O.
+    pub device: DeviceOptions,
+    /// What to do with a pill found at start-up.
+    pub start_mode: StartMode,
+}
+
+/// What can stop the watcher with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// A device could not be set up.
+    #[error(transparent)]
+    Sbd(#[from] SbdError),
+    /// The mailbox holds a pill and the start mode forbids starting.
+    #[error("{path}: slot {slot} holds '{cmd}' from '{from}'; not starting (start mode 1); clear it with 'message {node} clear'")]
+    Pending {
+        /// The device.
+        path: String,
+        /// The slot.
+        slot: u8,
+        /// The pending command.
+        cmd: String,
+        /// Its sender.
+        from: String,
+        /// This node.
+        node: String,
+    },
+    /// The watchdog failed.
+    #[error("watchdog: {0}")]
+    Watchdog(std::io::Error),
+    /// The node was fenced but the watchdog did not kill it.
+    #[error("fenced ({reason}) but the watchdog did not fire within {waited:?}")]
+    WatchdogDidNotFire {
+        /// Why the node was fenced.
+        reason: FenceReason,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+struct Started {
+    dev: SbdDevice,
+    header: Header,
+    slot: u8,
+    entry: Slot,
+}
+
+/// Sets up one device as sbd's servant does at start.
+fn start_disk(path: &Path, opts: &WatchOptions) -> Result<Started, WatchError> {
+    let dev = opts.device.open(path)?;
+    let header = ops::read_header(&dev)?;
+    let allocated = ops::allocate(&dev, &opts.node, |_| (), std::thread::sleep)?;
+    let slot = allocated.slot();
+    let entry = ops::read_slot(&dev, slot)?;
+    let mailbox = ops::read_mailbox(&dev, slot)?;
+    if let Err(cmd) = may_start(opts.start_mode, &mailbox) {
+        return Err(WatchError::Pending {
+            path: dev.path().to_string(),
+            slot,
+            cmd: cmd.to_string(),
+            from: mailbox.sender().to_string(),
+            node: opts.node.to_string(),
+        });
+    }
+    ops::write_mailbox(&dev, slot, &Mailbox::EMPTY)?;
+    let uuid = header.uuid().map(|u| u.to_string()).unwrap_or_default();
+    tracing::info!("monitoring slot {slot} on {} (uuid {uuid})", dev.path());
+    Ok(Started {
+        dev,
+        header,
+        slot,
+        entry,
+    })
+}
+
+enum ServantCommand {
+    ClearMailbox,
+}
+
+/// One disk's reader: every loop timeout, header + slot + mailbox; clears the mailbox on demand.
+fn servant(
+    disk: usize,
+    dev: SbdDevice,
+    slot: u8,
+    every: Duration,
+    commands: Receiver<ServantCommand>,
+    reports: Sender<(usize, DiskReport)>,
+) {
+    loop {
+        match commands.recv_timeout(every) {
+            Ok(ServantCommand::ClearMailbox) => {
+                if let Err(e) = ops::write_mailbox(&dev, slot, &Mailbox::EMPTY) {
+                    tracing::warn!("cannot clear the mailbox: {e}");
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let read = || -> Result<DiskReport, SbdError> {
+            Ok(DiskReport::Read {
+                header: ops::read_header(&dev)?,
+                slot: ops::read_slot(&dev, slot)?,
+                mailbox: ops::read_mailbox(&dev, slot)?,
+            })
+        };
+        let report = read().unwrap_or_else(|e| DiskReport::Failed(e.to_string()));
+        if reports.send((disk, report)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the watcher until an `exit` message (`Ok`) or an error. When the node is fenced this
+/// does not return until the watchdog kills the process; it returns an error only if the
+/// watchdog has not done so after [`FENCE_WAIT_WATCHDOG_TIMEOUTS`] timeouts.
+/// `open_watchdog` is called once start-up succeeded.
+pub fn watch(
+    paths: &[PathBuf],
+    opts: &WatchOptions,
+    open_watchdog: impl FnOnce() -> std::io::Result<Box<dyn Watchdog>>,
+) -> Result<(), WatchError> {
+    assert!(!paths.is_empty(), "watch needs at least one device");
+    let mut started = Vec::with_capacity(paths.len());
+    for path in paths {
+        let disk = start_disk(path, opts)?;
+        if let Some(first) = started.first() {
+            let first: &Started = first;
+            check_consistent(
+                disk.dev.path(),
+                &first.header.timeouts,
+                &disk.header.timeouts,
+            )
+            .map_err(SbdError::from)?;
+        }
+        started.push(disk);
+    }
+    let timeouts = started[0].header.timeouts;
+    check_watch_timing(&timeouts, opts.device.io_timeout).map_err(SbdError::from)?;
+
+    let mut watchdog = open_watchdog().map_err(WatchError::Watchdog)?;
+    let set = watchdog
+        .set_timeout(timeouts.watchdog_s)
+        .map_err(WatchError::Watchdog)?;
+    if set != timeouts.watchdog_s {
+        tracing::warn!(
+            "the watchdog took a timeout of {set} s instead of {} s",
+            timeouts.watchdog_s
+        );
+    }
+    watchdog.keepalive().map_err(WatchError::Watchdog)?;
+
+    let epoch = Instant::now();
+    let mut watcher = Watcher::new(
+        started
+            .iter()
+            .map(|d| (d.header, d.entry.clone()))
+            .collect(),
+        opts.device.io_timeout,
+        epoch.elapsed(),
+    )
+    .map_err(SbdError::from)?;
+    let every = Duration::from_secs(u64::from(timeouts.loop_s));
+    let (report_tx, reports) = mpsc::channel();
+    let mut servants = Vec::new();
+    for (i, d) in started.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel();
+        let reports = report_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("sbd-servant {i}"))
+            .spawn(move || servant(i, d.dev, d.slot, every, rx, reports))
+            .map_err(|e| WatchError::Watchdog(std::io::Error::other(e)))?;
+        servants.push(tx);
+    }
+    drop(report_tx);
+
+    loop {
+        let mut actions = Vec::new();
+        match reports.recv_timeout(TICK) {
+            Ok((disk, report)) => {
+                actions.extend(watcher.on_report(disk, epoch.elapsed(), report));
+                while let Ok((disk, report)) = reports.try_recv() {
+                    actions.extend(watcher.on_report(disk, epoch.elapsed(), report));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => unreachable!("servants run until we drop them"),
+        }
+        actions.extend(watcher.tick(epoch.elapsed()));
+        for action in actions {
+            match action {
+                Action::Feed => {
+                    if let Err(e) = watchdog.keepalive() {
+                        tracing::error!("cannot feed the watchdog: {e}");
+                    }
+                }
+                Action::ClearMailbox { disk } => {
+                    let _ = servants[disk].send(ServantCommand::ClearMailbox);
+                }
+                Action::Warn(text) => tracing::warn!("{text}"),
+                Action::Exit { disk } => {
+                    tracing::info!("exit message on disk {disk}: stopping, watchdog disarmed");
+                    watchdog.disarm().map_err(WatchError::Watchdog)?;
+                    return Ok(());
+                }
+                Action::Fence(reason) => {
+                    tracing::error!("fencing this node: {reason}; the watchdog is no longer fed");
+                    // Keep the watchdog open and unfed; it kills us.
+                    let waited = Duration::from_secs(u64::from(timeouts.watchdog_s))
+                        * FENCE_WAIT_WATCHDOG_TIMEOUTS;
+                    std::thread::sleep(waited);
+                    drop(watchdog);
+                    return Err(WatchError::WatchdogDidNotFire { reason, waited });
+                }
+            }
+        }
+    }
+}

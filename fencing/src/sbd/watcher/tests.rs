@@ -1,0 +1,326 @@
+use super::*;
+use crate::sbd::format::{NodeName, SectorSize, Uuid};
+
+const T: Timeouts = Timeouts {
+    watchdog_s: 5,
+    allocate_s: 2,
+    loop_s: 1,
+    msgwait_s: 10,
+};
+const IO: Duration = Duration::from_secs(3);
+
+fn s(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs)
+}
+
+fn header() -> Header {
+    Header::new(SectorSize::S512, T, Uuid([7; 16]))
+}
+
+fn me() -> Slot {
+    Slot::InUse(NodeName::new("alpha").unwrap())
+}
+
+fn ok(cmd: Command) -> DiskReport {
+    DiskReport::Read {
+        header: header(),
+        slot: me(),
+        mailbox: Mailbox {
+            cmd,
+            from: (cmd != Command::Clear).then(|| NodeName::new("beta").unwrap()),
+        },
+    }
+}
+
+fn watcher(disks: usize) -> Watcher {
+    Watcher::new(vec![(header(), me()); disks], IO, s(0.0)).unwrap()
+}
+
+fn fed(actions: &[Action]) -> bool {
+    actions.contains(&Action::Feed)
+}
+
+fn fenced(actions: &[Action]) -> Option<&FenceReason> {
+    actions.iter().find_map(|a| match a {
+        Action::Fence(r) => Some(r),
+        _ => None,
+    })
+}
+
+// --- the timeout rules ---
+
+#[test]
+fn msgwait_must_be_twice_the_watchdog() {
+    assert_eq!(check_timeouts(&T), Ok(()));
+    let exact = Timeouts {
+        msgwait_s: 10,
+        watchdog_s: 5,
+        ..T
+    };
+    assert_eq!(check_timeouts(&exact), Ok(()));
+    let short = Timeouts { msgwait_s: 9, ..T };
+    assert_eq!(
+        check_timeouts(&short),
+        Err(TimeoutError::MsgwaitTooShort {
+            msgwait_s: 9,
+            watchdog_s: 5
+        })
+    );
+    assert_eq!(
+        short.msgwait_s, 9,
+        "sbd's own -1 5 -4 9 would be accepted by sbd; tandem refuses it"
+    );
+    // No overflow on absurd values.
+    let huge = Timeouts {
+        watchdog_s: u32::MAX,
+        msgwait_s: u32::MAX,
+        ..T
+    };
+    assert!(check_timeouts(&huge).is_err());
+}
+
+#[test]
+fn zero_timeouts_are_refused() {
+    for t in [
+        Timeouts { watchdog_s: 0, ..T },
+        Timeouts { loop_s: 0, ..T },
+        Timeouts { msgwait_s: 0, ..T },
+    ] {
+        assert!(matches!(check_timeouts(&t), Err(TimeoutError::Zero { .. })));
+    }
+}
+
+#[test]
+fn msgwait_must_cover_watchdog_loop_and_io() {
+    // sbd's defaults: 5 + 1 + 3 = 9 <= 10.
+    assert_eq!(check_watch_timing(&T, IO), Ok(()));
+    assert_eq!(check_watch_timing(&T, s(4.0)), Ok(()));
+    assert!(matches!(
+        check_watch_timing(&T, s(4.5)),
+        Err(TimeoutError::MsgwaitBelowDetection { .. })
+    ));
+    // The test timeouts: -1 1 -4 3 with a 1 s I/O timeout, but not with sbd's 3 s.
+    let quick = Timeouts {
+        watchdog_s: 1,
+        loop_s: 1,
+        msgwait_s: 3,
+        ..T
+    };
+    assert_eq!(check_watch_timing(&quick, s(1.0)), Ok(()));
+    assert!(check_watch_timing(&quick, IO).is_err());
+    // And the watcher will not start on a disk that breaks it.
+    assert!(Watcher::new(vec![(header(), me())], s(5.0), s(0.0)).is_err());
+}
+
+#[test]
+fn devices_must_agree_on_timeouts() {
+    let mut other = header();
+    other.timeouts.msgwait_s = 12;
+    assert!(matches!(
+        Watcher::new(vec![(header(), me()), (other, me())], IO, s(0.0)),
+        Err(TimeoutError::Inconsistent { .. })
+    ));
+    assert!(check_consistent("d", &T, &T).is_ok());
+}
+
+// --- quorum ---
+
+#[test]
+fn quorum_rules_match_sbd() {
+    // Reading: one of one or two is enough; more than half of three.
+    assert!(quorum_read(1, 1) && !quorum_read(0, 1));
+    assert!(quorum_read(1, 2) && !quorum_read(0, 2));
+    assert!(quorum_read(2, 3) && !quorum_read(1, 3));
+    // Writing: always more than half.
+    assert!(quorum_write(1, 1));
+    assert!(quorum_write(2, 2) && !quorum_write(1, 2));
+    assert!(quorum_write(2, 3) && !quorum_write(1, 3));
+}
+
+// --- I/O timeouts and disk health ---
+
+#[test]
+fn feeds_while_healthy() {
+    let mut w = watcher(1);
+    for i in 1..=20 {
+        let now = s(f64::from(i));
+        assert!(w.on_report(0, now, ok(Command::Clear)).is_empty());
+        assert!(fed(&w.tick(now)));
+    }
+    assert_eq!(w.state(), State::Running);
+}
+
+#[test]
+fn disk_healthy_until_io_plus_loop_passed() {
+    let mut w = watcher(1);
+    w.on_report(0, s(10.0), ok(Command::Clear));
+    // Window is io 3 + loop 1 = 4 s after the last good read.
+    assert!(fed(&w.tick(s(13.9))));
+    let a = w.tick(s(14.0));
+    assert!(!fed(&a), "{a:?}");
+    assert!(a.iter().any(|x| matches!(x, Action::Warn(_))));
+    // Failed reads do not refresh health.
+    w.on_report(0, s(14.5), DiskReport::Failed("I/O timeout".into()));
+    assert!(!fed(&w.tick(s(15.0))));
+    // A good read before the watchdog fired: feeding resumes.
+    w.on_report(0, s(16.0), ok(Command::Clear));
+    assert!(fed(&w.tick(s(16.0))));
+    assert_eq!(w.state(), State::Running);
+}
+
+#[test]
+fn storage_lost_past_watchdog_timeout_fences() {
+    let mut w = watcher(1);
+    w.on_report(0, s(1.0), ok(Command::Clear));
+    assert!(fed(&w.tick(s(4.9)))); // last feed 4.9
+    assert!(!fed(&w.tick(s(5.0)))); // unhealthy from 5.0
+    assert!(fenced(&w.tick(s(9.8))).is_none()); // 4.9 s since the feed: not yet
+    let a = w.tick(s(9.95));
+    assert_eq!(
+        fenced(&a),
+        Some(&FenceReason::StorageLost {
+            healthy: 0,
+            disks: 1
+        })
+    );
+    assert_eq!(w.state(), State::Fenced);
+    // Once fenced, even good reads never feed again.
+    assert!(w.on_report(0, s(10.0), ok(Command::Clear)).is_empty());
+    assert!(w.tick(s(10.0)).is_empty());
+}
+
+#[test]
+fn changed_header_or_slot_is_not_a_good_read() {
+    let mut w = watcher(1);
+    let mut h = header();
+    h.uuid = Uuid([8; 16]);
+    let changed = DiskReport::Read {
+        header: h,
+        slot: me(),
+        mailbox: Mailbox::EMPTY,
+    };
+    assert!(matches!(
+        w.on_report(0, s(2.0), changed)[0],
+        Action::Warn(_)
+    ));
+    let moved = DiskReport::Read {
+        header: header(),
+        slot: Slot::InUse(NodeName::new("gamma").unwrap()),
+        mailbox: Mailbox::EMPTY,
+    };
+    assert!(matches!(w.on_report(0, s(3.0), moved)[0], Action::Warn(_)));
+    assert!(!fed(&w.tick(s(4.0))), "last good read was at start-up, 0 s");
+}
+
+#[test]
+fn two_disks_one_is_enough() {
+    let mut w = watcher(2);
+    for i in 1..=10 {
+        w.on_report(0, s(f64::from(i)), ok(Command::Clear));
+        w.on_report(1, s(f64::from(i)), DiskReport::Failed("gone".into()));
+        assert!(fed(&w.tick(s(f64::from(i)))));
+    }
+}
+
+#[test]
+fn three_disks_need_two() {
+    let mut w = watcher(3);
+    for i in 1..=3 {
+        let now = s(f64::from(i));
+        w.on_report(0, now, ok(Command::Clear));
+        w.on_report(1, now, ok(Command::Clear));
+        assert!(fed(&w.tick(now)));
+    }
+    // Disk 1 goes away too: only disk 0 left, 1 of 3 is no quorum.
+    for i in 4..=20 {
+        let now = s(f64::from(i));
+        w.on_report(0, now, ok(Command::Clear));
+        let a = w.tick(now);
+        if now < s(7.0) {
+            assert!(fed(&a), "disk 1 still within its window at {now:?}");
+        } else {
+            assert!(!fed(&a), "{now:?}");
+        }
+        if fenced(&a).is_some() {
+            // Last feed at 6 s; fenced once more than 5 s have passed.
+            assert!(now > s(11.0));
+            return;
+        }
+    }
+    panic!("never fenced");
+}
+
+// --- messages ---
+
+#[test]
+fn poison_pills_fence() {
+    for cmd in [Command::Reset, Command::Off, Command::Crashdump] {
+        let mut w = watcher(1);
+        let a = w.on_report(0, s(1.0), ok(cmd));
+        assert_eq!(
+            a,
+            vec![Action::Fence(FenceReason::Message {
+                cmd,
+                from: "beta".into(),
+                disk: 0
+            })]
+        );
+        assert_eq!(w.state(), State::Fenced);
+        assert!(w.tick(s(1.0)).is_empty(), "no feeding after a pill");
+    }
+}
+
+#[test]
+fn one_disk_with_a_pill_is_enough() {
+    let mut w = watcher(3);
+    w.on_report(0, s(1.0), ok(Command::Clear));
+    w.on_report(1, s(1.0), ok(Command::Clear));
+    assert!(fenced(&w.on_report(2, s(1.0), ok(Command::Off))).is_some());
+}
+
+#[test]
+fn test_is_acknowledged() {
+    let mut w = watcher(2);
+    let a = w.on_report(1, s(1.0), ok(Command::Test));
+    assert!(a.contains(&Action::ClearMailbox { disk: 1 }));
+    assert!(fed(&w.tick(s(1.0))));
+    assert_eq!(w.state(), State::Running);
+}
+
+#[test]
+fn unknown_command_is_cleared_as_sbd_does() {
+    let mut w = watcher(1);
+    let a = w.on_report(0, s(1.0), ok(Command::Undefined(42)));
+    assert!(a.contains(&Action::ClearMailbox { disk: 0 }));
+    assert_eq!(w.state(), State::Running);
+}
+
+#[test]
+fn exit_stops_cleanly() {
+    let mut w = watcher(1);
+    assert_eq!(
+        w.on_report(0, s(1.0), ok(Command::Exit)),
+        vec![Action::Exit { disk: 0 }]
+    );
+    assert_eq!(w.state(), State::Exiting);
+    assert!(
+        w.tick(s(100.0)).is_empty(),
+        "exiting: no fencing, no feeding"
+    );
+}
+
+#[test]
+fn start_mode() {
+    let pill = Mailbox {
+        cmd: Command::Reset,
+        from: None,
+    };
+    let exit = Mailbox {
+        cmd: Command::Exit,
+        from: None,
+    };
+    assert_eq!(may_start(StartMode::Always, &pill), Ok(()));
+    assert_eq!(may_start(StartMode::CleanOnly, &pill), Err(Command::Reset));
+    assert_eq!(may_start(StartMode::CleanOnly, &exit), Ok(()));
+    assert_eq!(may_start(StartMode::CleanOnly, &Mailbox::EMPTY), Ok(()));
+}
