@@ -9,6 +9,7 @@ TANDEM_APT_PACKAGES=(
     e2fsprogs       # mkfs.ext4, e2fsck
     util-linux      # losetup, mount, wipefs
     iproute2        # network namespaces, veth
+    sbd             # ClusterLabs sbd: SBD interop
 )
 
 missing=()
