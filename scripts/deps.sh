@@ -10,6 +10,11 @@ TANDEM_APT_PACKAGES=(
     util-linux      # losetup, mount, wipefs
     iproute2        # network namespaces, veth
     sbd             # ClusterLabs sbd: SBD interop
+    libnbd-bin      # nbdinfo, nbdcopy, nbdfuse: NBD interop
+    qemu-utils      # qemu-img, qemu-nbd: NBD interop and the NBD benchmark's peer
+    fio             # fio --ioengine=nbd: NBD verify and benchmark
+    fuse3           # fusermount3, /dev/fuse for nbdfuse
+    mount           # mount, umount
 )
 
 missing=()
