@@ -1,0 +1,233 @@
+//! The SBD watcher end to end: `fencectl sbd watch` runs as part of a "node" (a process group
+//! with a long sleep in it) and feeds the test watchdog, which kills the whole group when it is
+//! not fed, as a hardware watchdog resets a machine. A `reset` written from outside (by
+//! `fencectl` or by ClusterLabs `sbd`), or the disk going away, kills the node; `exit` stops the
+//! watcher cleanly and the node lives on; `test` is acknowledged.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tandem_tests::{bin, run_fails, run_ok, sparse_file, tool, wait_for, ChildGuard, LoopDevice};
+
+/// Watchdog 1 s, loop 1 s, msgwait 3 s: with a 1 s I/O timeout the watcher's rule
+/// msgwait >= watchdog + loop + I/O holds.
+const QUICK: [&str; 8] = ["-1", "1", "-2", "1", "-3", "1", "-4", "3"];
+/// Generous bounds for things that take a few seconds.
+const SOON: Duration = Duration::from_secs(20);
+
+fn fencectl(node: &str, dev: &Path) -> Command {
+    let mut c = Command::new(bin("fencectl"));
+    c.env("TANDEM_LOG", "warn")
+        .args(["--node", node, "sbd", "-d"])
+        .arg(dev);
+    c
+}
+
+/// A node: a process group led by a long sleep; its pgid is the sleep's pid.
+struct Node {
+    sleeper: ChildGuard,
+    pgid: i32,
+}
+
+impl Node {
+    fn new() -> Node {
+        let sleeper = Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pgid = i32::try_from(sleeper.id()).unwrap();
+        Node {
+            sleeper: ChildGuard(sleeper),
+            pgid,
+        }
+    }
+
+    /// Starts the watcher inside the node's process group, with the test watchdog on it.
+    fn watch(&self, name: &str, dev: &Path, extra: &[&str]) -> ChildGuard {
+        let mut c = fencectl(name, dev);
+        c.args(["-I", "1", "--watchdog", &format!("test:{}", self.pgid)])
+            .args(extra)
+            .arg("watch")
+            .env("TANDEM_LOG", "info")
+            .stdin(Stdio::null())
+            .process_group(self.pgid);
+        ChildGuard(c.spawn().expect("spawn fencectl watch"))
+    }
+}
+
+fn alive(child: &mut Child) -> bool {
+    child.try_wait().expect("try_wait").is_none()
+}
+
+fn killed_by_sigkill(child: &mut Child, what: &str) {
+    let status = wait_for(what, SOON, || child.try_wait().expect("try_wait"));
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status:?}");
+}
+
+struct Disk {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+    dev: LoopDevice,
+}
+
+/// A loop device with a fresh SBD (quick timeouts) on which `alpha` has no slot yet.
+fn sbd_disk() -> Disk {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse_file(dir.path(), "sbd.img", 8 << 20);
+    let dev = LoopDevice::attach(&file);
+    run_ok(fencectl("beta", &dev.path).args(QUICK).arg("create"));
+    Disk {
+        _dir: dir,
+        file,
+        dev,
+    }
+}
+
+/// Waits until the watcher has allocated its slot and cleared its mailbox.
+fn wait_watching(dev: &Path, watcher: &mut ChildGuard) {
+    wait_for("the watcher to take its slot", SOON, || {
+        assert!(alive(&mut watcher.0), "the watcher exited during start-up");
+        let list = run_ok(&mut fencectl("beta", dev).arg("list"));
+        list.contains("alpha\tclear").then_some(())
+    });
+    // A few watchdog timeouts pass: it is being fed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        alive(&mut watcher.0),
+        "a healthy watcher must keep its node alive"
+    );
+}
+
+#[test]
+fn reset_from_fencectl_kills_the_node() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    assert!(alive(&mut node.sleeper.0));
+
+    // msgwait passes inside `message`: by the time it returns the node is meant to be dead.
+    run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "reset"]));
+    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
+    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    assert_eq!(
+        run_ok(&mut fencectl("beta", &disk.dev.path).arg("list")),
+        "0\talpha\treset\tbeta\n"
+    );
+}
+
+#[test]
+fn off_from_clusterlabs_sbd_kills_the_node() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    run_ok(
+        Command::new(tool("sbd", "sbd"))
+            .arg("-d")
+            .arg(&disk.dev.path)
+            .args(["-n", "beta", "message", "alpha", "off"]),
+    );
+    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
+    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+}
+
+#[test]
+fn lost_disk_kills_the_node() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    // The storage goes away: the backing file shrinks to nothing and the loop device with it,
+    // so every read fails.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk.file)
+        .and_then(|f| f.set_len(0))
+        .unwrap();
+    run_ok(
+        Command::new(tool("losetup", "util-linux"))
+            .arg("-c")
+            .arg(&disk.dev.path),
+    );
+    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
+    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+}
+
+#[test]
+fn exit_stops_cleanly_and_the_node_lives() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "exit"]));
+    let status = wait_for("the watcher to exit", SOON, || {
+        watcher.0.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "watcher: {status:?}");
+    // Several watchdog timeouts later the disarmed watchdog has not fired.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        alive(&mut node.sleeper.0),
+        "a clean exit must disarm the watchdog"
+    );
+}
+
+#[test]
+fn test_message_is_acknowledged() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "test"]));
+    wait_for("the test to be acknowledged", SOON, || {
+        let list = run_ok(&mut fencectl("beta", &disk.dev.path).arg("list"));
+        (list == "0\talpha\tclear\t\n").then_some(())
+    });
+    assert!(alive(&mut watcher.0) && alive(&mut node.sleeper.0));
+    run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "exit"]));
+    let status = wait_for("the watcher to exit", SOON, || {
+        watcher.0.try_wait().expect("try_wait")
+    });
+    assert!(status.success());
+}
+
+#[test]
+fn start_mode_one_refuses_a_pending_pill() {
+    let disk = sbd_disk();
+    run_ok(fencectl("beta", &disk.dev.path).args(["allocate", "alpha"]));
+    run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "reset"]));
+    let mut node = Node::new();
+    let err = run_fails(
+        fencectl("alpha", &disk.dev.path)
+            .args(["-I", "1", "-S", "1", "--watchdog"])
+            .arg(format!("test:{}", node.pgid))
+            .arg("watch"),
+    );
+    assert!(
+        err.contains("slot 0 holds 'reset' from 'beta'; not starting (start mode 1)"),
+        "{err}"
+    );
+    // No watchdog was armed: the node lives.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(&mut node.sleeper.0));
+}
+
+#[test]
+fn watch_refuses_timeouts_that_cannot_fence_in_time() {
+    let disk = sbd_disk();
+    let node = Node::new();
+    // The default I/O timeout of 3 s does not fit in msgwait 3 s with watchdog 1 s and loop 1 s.
+    let err = run_fails(
+        fencectl("alpha", &disk.dev.path)
+            .args(["--watchdog", &format!("test:{}", node.pgid)])
+            .arg("watch"),
+    );
+    assert!(
+        err.contains("msgwait (3 s) must be at least watchdog"),
+        "{err}"
+    );
+}
