@@ -90,7 +90,7 @@ fn sbd_disk() -> Disk {
 fn wait_watching(dev: &Path, watcher: &mut ChildGuard) {
     wait_for("the watcher to take its slot", SOON, || {
         assert!(alive(&mut watcher.0), "the watcher exited during start-up");
-        let list = run_ok(&mut fencectl("beta", dev).arg("list"));
+        let list = run_ok(fencectl("beta", dev).arg("list"));
         list.contains("alpha\tclear").then_some(())
     });
     // A few watchdog timeouts pass: it is being fed.
@@ -114,7 +114,7 @@ fn reset_from_fencectl_kills_the_node() {
     killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
     killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
     assert_eq!(
-        run_ok(&mut fencectl("beta", &disk.dev.path).arg("list")),
+        run_ok(fencectl("beta", &disk.dev.path).arg("list")),
         "0\talpha\treset\tbeta\n"
     );
 }
@@ -184,7 +184,7 @@ fn test_message_is_acknowledged() {
     wait_watching(&disk.dev.path, &mut watcher);
     run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "test"]));
     wait_for("the test to be acknowledged", SOON, || {
-        let list = run_ok(&mut fencectl("beta", &disk.dev.path).arg("list"));
+        let list = run_ok(fencectl("beta", &disk.dev.path).arg("list"));
         (list == "0\talpha\tclear\t\n").then_some(())
     });
     assert!(alive(&mut watcher.0) && alive(&mut node.sleeper.0));
