@@ -7,6 +7,8 @@
 //! Replication, the daemon and the exports arrive with later issues.
 
 pub mod config;
+pub mod control;
 pub mod core;
+pub mod daemon;
 pub mod md;
 pub mod wire;

@@ -1,14 +1,18 @@
 //! `replctl`: tandem's admin CLI for replicated resources (DESIGN §4).
 //!
 //! `create-md`, `dump-md` and `dump` work on the disks and the config directly, with no daemon
-//! running, as drbdadm does. The commands that talk to `replicatord` arrive with it.
+//! running, as drbdadm does; the others ask `replicatord` over its control socket.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+
 use replicator::config::{self, BackingDisk, Config, MetaDisk};
+use replicator::control::{self, Request, Response};
 use replicator::md::{self, disk::MdLocation};
 
 /// Admin CLI for tandem's replicated resources.
@@ -53,6 +57,61 @@ enum Command {
         /// Only this resource.
         resource: Option<String>,
     },
+    /// Attach the disk and connect to the peer (replicatord must run).
+    Up {
+        /// The resource.
+        resource: String,
+    },
+    /// Disconnect and detach.
+    Down {
+        /// The resource.
+        resource: String,
+    },
+    /// Promote to Primary.
+    Primary {
+        /// The resource.
+        resource: String,
+        /// Make a disk that is not UpToDate UpToDate (the initial sync).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Demote to Secondary.
+    Secondary {
+        /// The resource.
+        resource: String,
+    },
+    /// Connect to the peer.
+    Connect {
+        /// The resource.
+        resource: String,
+        /// Resolve a split brain by giving up this node's changes.
+        #[arg(long = "discard-my-data")]
+        discard_my_data: bool,
+    },
+    /// Disconnect from the peer (StandAlone).
+    Disconnect {
+        /// The resource.
+        resource: String,
+    },
+    /// Start a new data generation.
+    #[command(name = "new-current-uuid")]
+    NewCurrentUuid {
+        /// The resource.
+        resource: String,
+        /// Also clear the bitmap: skip the initial sync of two fresh, identical disks.
+        #[arg(long = "clear-bitmap", required = true)]
+        clear_bitmap: bool,
+    },
+    /// Show the state of one resource or all, as drbdadm status does.
+    Status {
+        /// Only this resource.
+        resource: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream state changes, one JSON object per line.
+    Events,
 }
 
 fn hostname() -> String {
@@ -145,8 +204,128 @@ fn dump_md(cli: &Cli, resource: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Sends one request to replicatord and returns its response.
+fn ask(cli: &Cli, request: &Request) -> Result<Response> {
+    let path = cli.run_dir.join(control::SOCKET_NAME);
+    let mut stream = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "replicatord is not running for --run-dir {} (cannot connect to {}); start it with \
+             'replicatord --node NAME --run-dir {}'",
+            cli.run_dir.display(),
+            path.display(),
+            cli.run_dir.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    if answer.is_empty() {
+        bail!("replicatord closed the connection without answering");
+    }
+    Ok(serde_json::from_str(&answer)?)
+}
+
+fn simple(cli: &Cli, request: Request) -> Result<()> {
+    let r = ask(cli, &request)?;
+    if !r.ok {
+        bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
+    }
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<()> {
+    let res = |r: &String| r.clone();
     match &cli.command {
+        Command::Up { resource } => simple(
+            cli,
+            Request::Up {
+                resource: res(resource),
+            },
+        ),
+        Command::Down { resource } => simple(
+            cli,
+            Request::Down {
+                resource: res(resource),
+            },
+        ),
+        Command::Primary { resource, force } => simple(
+            cli,
+            Request::Primary {
+                resource: res(resource),
+                force: *force,
+            },
+        ),
+        Command::Secondary { resource } => simple(
+            cli,
+            Request::Secondary {
+                resource: res(resource),
+            },
+        ),
+        Command::Connect {
+            resource,
+            discard_my_data,
+        } => simple(
+            cli,
+            Request::Connect {
+                resource: res(resource),
+                discard_my_data: *discard_my_data,
+            },
+        ),
+        Command::Disconnect { resource } => simple(
+            cli,
+            Request::Disconnect {
+                resource: res(resource),
+            },
+        ),
+        Command::NewCurrentUuid { resource, .. } => simple(
+            cli,
+            Request::NewCurrentUuidClearBitmap {
+                resource: res(resource),
+            },
+        ),
+        Command::Status { resource, json } => {
+            let r = ask(
+                cli,
+                &Request::Status {
+                    resource: resource.clone(),
+                },
+            )?;
+            if !r.ok {
+                bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
+            }
+            let all = r.status.unwrap_or_default();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print!("{}", control::format_status(&all));
+            }
+            Ok(())
+        }
+        Command::Events => {
+            let path = cli.run_dir.join(control::SOCKET_NAME);
+            let mut stream = UnixStream::connect(&path).with_context(|| {
+                format!(
+                    "replicatord is not running (cannot connect to {})",
+                    path.display()
+                )
+            })?;
+            stream.write_all(b"{\"cmd\":\"events\"}\n")?;
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let stdout = std::io::stdout();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                let mut out = stdout.lock();
+                out.write_all(line.as_bytes())?;
+                out.flush()?;
+            }
+        }
         Command::CreateMd { resource, force } => create_md(cli, resource, *force),
         Command::DumpMd { resource, force } => dump_md(cli, resource, *force),
         Command::Dump { resource } => {
@@ -162,7 +341,6 @@ fn run(cli: &Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = &cli.run_dir;
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

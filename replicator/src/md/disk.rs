@@ -378,6 +378,71 @@ pub fn read(loc: &MdLocation, force: bool) -> Result<MdRead, MdError> {
     })
 }
 
+/// Meta-data opened for a running resource: the device (read-write), its layout, the
+/// superblock, the usable data size and the whole bitmap.
+pub struct Attached {
+    /// The meta-data device.
+    pub dev: MdDevice,
+    /// Its layout.
+    pub layout: Layout,
+    /// The superblock as read.
+    pub sb: Superblock,
+    /// Bytes of data the resource can use.
+    pub usable_bytes: u64,
+    /// The bitmap words covering `usable_bytes`.
+    pub bitmap_words: Vec<u64>,
+}
+
+/// Opens meta-data for `replicatord`'s `up`. Unclean meta-data (a crash while attached) is
+/// accepted: everything the activity log covered is handled by a resync.
+pub fn attach(loc: &MdLocation, size_limit: Option<u64>) -> Result<Attached, MdError> {
+    let (dev, layout, usable_bytes) = locate(loc, true, size_limit).map_err(|e| match e {
+        CreateError::Md(e) => e,
+        other => MdError::BadLayout(other.to_string()),
+    })?;
+    let block = dev.read_block(layout.md_offset)?;
+    let sb = Superblock::decode(&block).map_err(|e| match e {
+        MdError::NoMetadata { .. } => MdError::BadLayout(format!(
+            "no meta-data on {}; run 'replctl create-md' first",
+            dev.path()
+        )),
+        e => e,
+    })?;
+    layout.check(&sb)?;
+    let len = bm_bytes(usable_bytes >> 9).min(layout.bm_area_bytes());
+    let bytes = dev.read_at(
+        layout.bm_byte_offset(),
+        usize::try_from(len).expect("bitmap fits memory"),
+    )?;
+    let bitmap_words = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Ok(Attached {
+        dev,
+        layout,
+        sb,
+        usable_bytes,
+        bitmap_words,
+    })
+}
+
+/// Writes the superblock and makes it stable.
+pub fn write_superblock(dev: &MdDevice, layout: &Layout, sb: &Superblock) -> Result<(), MdError> {
+    dev.write_at(layout.md_offset, &sb.encode())?;
+    dev.sync()
+}
+
+/// Writes the bitmap words and makes them stable.
+pub fn write_bitmap(dev: &MdDevice, layout: &Layout, words: &[u64]) -> Result<(), MdError> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let len = bytes
+        .len()
+        .min(usize::try_from(layout.bm_area_bytes()).unwrap_or(usize::MAX));
+    dev.write_at(layout.bm_byte_offset(), &bytes[..len])?;
+    dev.sync()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,440 @@
+//! Connections to the peer: two TCP sockets (data and meta), their handshake, and the tasks
+//! that move packets between the sockets and the resource's task.
+//!
+//! Handshake on each socket, both directions: [`Hello`] (version, resource, node names,
+//! protocol, socket kind and a session id that pairs the two sockets), then, when a
+//! `shared-secret` is configured, cram-hmac: each side sends a random challenge, answers the
+//! peer's with HMAC(secret, challenge), checks the answer to its own and says `AuthOk`. A peer
+//! that echoes our own challenge back is refused. Only then does the resource see the peer.
+//!
+//! The node whose replication address sorts lower dials; the other accepts. Both always listen
+//! so either can be restarted first.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hmac::{Hmac, Mac};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::HmacAlg;
+use crate::wire::{self, Hello, Packet, SocketKind, CHALLENGE_BYTES, PROTOCOL_VERSION};
+
+/// Each handshake step must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Accepted data sockets wait this long for their meta socket.
+const PAIRING_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many half-open (data without meta) connections are kept.
+const MAX_PENDING_PAIRS: usize = 4;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Who we are and whom we expect.
+#[derive(Debug, Clone)]
+pub struct PeerParams {
+    /// The resource.
+    pub resource: String,
+    /// This node.
+    pub node: String,
+    /// The peer node.
+    pub peer_node: String,
+    /// Protocol A/B/C as 0/1/2.
+    pub protocol: u8,
+    /// cram-hmac settings.
+    pub secret: Option<(HmacAlg, String)>,
+    /// Our replication address.
+    pub local_addr: SocketAddr,
+    /// The peer's.
+    pub peer_addr: SocketAddr,
+}
+
+impl PeerParams {
+    /// True when this node dials (its address sorts lower).
+    pub fn dials(&self) -> bool {
+        self.local_addr < self.peer_addr
+    }
+}
+
+/// A connected, authenticated pair of sockets.
+pub struct Established {
+    data: (TcpStream, BytesMut),
+    meta: (TcpStream, BytesMut),
+}
+
+/// What the connection tasks tell the resource.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A packet arrived.
+    Packet {
+        /// Connection generation.
+        gen: u64,
+        /// The packet.
+        packet: Packet,
+    },
+    /// A Data packet was written to the socket (protocol A's completion point).
+    Sent {
+        /// Generation.
+        gen: u64,
+        /// The write's sequence number.
+        seq: u64,
+    },
+    /// The connection failed.
+    Lost {
+        /// Generation.
+        gen: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn hmac(alg: HmacAlg, key: &[u8], msg: &[u8]) -> Vec<u8> {
+    macro_rules! run {
+        ($d:ty) => {{
+            let mut m = <Hmac<$d>>::new_from_slice(key).expect("HMAC takes any key length");
+            m.update(msg);
+            m.finalize().into_bytes().to_vec()
+        }};
+    }
+    match alg {
+        HmacAlg::Md5 => run!(md5::Md5),
+        HmacAlg::Sha1 => run!(sha1::Sha1),
+        HmacAlg::Sha256 => run!(sha2::Sha256),
+        HmacAlg::Sha512 => run!(sha2::Sha512),
+    }
+}
+
+/// Reads one packet.
+pub async fn read_packet<R: AsyncReadExt + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Packet, String> {
+    loop {
+        match wire::decode(buf) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(format!("bad packet: {e}")),
+        }
+        buf.reserve(READ_CHUNK);
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the peer closed the connection".into());
+        }
+    }
+}
+
+/// Writes one packet (payloads of Data packets without copying them).
+pub async fn write_packet<W: AsyncWriteExt + Unpin>(
+    stream: &mut W,
+    packet: &Packet,
+) -> Result<(), String> {
+    let mut head = BytesMut::with_capacity(64);
+    let payload = wire::encode_head(packet, &mut head);
+    stream
+        .write_all(&head)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    if let Some(p) = payload {
+        stream
+            .write_all(&p)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn step<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("{what}: timed out"))?
+}
+
+/// Runs the Hello and authentication exchange on one socket; returns the session id.
+async fn handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    p: &PeerParams,
+    socket: Option<SocketKind>,
+    session: u64,
+) -> Result<(SocketKind, u64), String> {
+    let ours = Hello {
+        version: PROTOCOL_VERSION,
+        socket: socket.unwrap_or(SocketKind::Data),
+        session_id: session,
+        resource: p.resource.clone(),
+        node: p.node.clone(),
+        protocol: p.protocol,
+    };
+    let theirs = if socket.is_some() {
+        step("send hello", write_packet(stream, &Packet::Hello(ours))).await?;
+        step("read hello", read_packet(stream, buf)).await?
+    } else {
+        let theirs = step("read hello", read_packet(stream, buf)).await?;
+        if let Packet::Hello(h) = &theirs {
+            let echo = Hello {
+                socket: h.socket,
+                session_id: h.session_id,
+                ..ours
+            };
+            step("send hello", write_packet(stream, &Packet::Hello(echo))).await?;
+        }
+        theirs
+    };
+    let Packet::Hello(h) = theirs else {
+        return Err(format!(
+            "expected Hello, got {}",
+            wire::packet_name(&theirs)
+        ));
+    };
+    if h.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} (mine is {PROTOCOL_VERSION})",
+            h.version
+        ));
+    }
+    if h.resource != p.resource {
+        return Err(format!(
+            "the peer serves resource '{}', not '{}'",
+            h.resource, p.resource
+        ));
+    }
+    if h.node != p.peer_node {
+        return Err(format!(
+            "the peer calls itself '{}', expected '{}'",
+            h.node, p.peer_node
+        ));
+    }
+    if h.protocol != p.protocol {
+        return Err(format!(
+            "the peer uses protocol {}, this node {}; both must use the same",
+            ["A", "B", "C"][usize::from(h.protocol.min(2))],
+            ["A", "B", "C"][usize::from(p.protocol.min(2))]
+        ));
+    }
+    if let Some((alg, secret)) = &p.secret {
+        let mut challenge = [0u8; CHALLENGE_BYTES];
+        getrandom::fill(&mut challenge).map_err(|e| format!("random: {e}"))?;
+        step(
+            "send challenge",
+            write_packet(stream, &Packet::AuthChallenge { challenge }),
+        )
+        .await?;
+        let Packet::AuthChallenge { challenge: theirs } =
+            step("read challenge", read_packet(stream, buf)).await?
+        else {
+            return Err("authentication failed: the peer has no shared-secret configured".into());
+        };
+        if theirs == challenge {
+            return Err("authentication failed: the peer echoed our challenge".into());
+        }
+        let digest = hmac(*alg, secret.as_bytes(), &theirs);
+        step(
+            "send response",
+            write_packet(stream, &Packet::AuthResponse { digest }),
+        )
+        .await?;
+        let Packet::AuthResponse { digest } =
+            step("read response", read_packet(stream, buf)).await?
+        else {
+            return Err("authentication failed: no response from the peer".into());
+        };
+        if digest != hmac(*alg, secret.as_bytes(), &challenge) {
+            return Err("authentication failed: wrong shared-secret on the peer".into());
+        }
+        step("send auth ok", write_packet(stream, &Packet::AuthOk)).await?;
+        match step("read auth ok", read_packet(stream, buf)).await? {
+            Packet::AuthOk => {}
+            other => {
+                return Err(format!(
+                    "authentication failed: the peer answered {}",
+                    wire::packet_name(&other)
+                ))
+            }
+        }
+    }
+    Ok((h.socket, h.session_id))
+}
+
+fn tune(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+}
+
+/// Connects from our own replication address (so the peer can check who dials).
+async fn connect_from(p: &PeerParams) -> Result<TcpStream, String> {
+    let socket = if p.peer_addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(p.local_addr.ip(), 0))
+        .map_err(|e| format!("bind {}: {e}", p.local_addr.ip()))?;
+    let stream = step("connect", async {
+        socket
+            .connect(p.peer_addr)
+            .await
+            .map_err(|e| format!("connect {}: {e}", p.peer_addr))
+    })
+    .await?;
+    tune(&stream);
+    Ok(stream)
+}
+
+/// Dials the peer: data socket, then meta socket.
+pub async fn dial(p: &PeerParams) -> Result<Established, String> {
+    let mut session = [0u8; 8];
+    getrandom::fill(&mut session).map_err(|e| format!("random: {e}"))?;
+    let session = u64::from_be_bytes(session);
+    let mut data = connect_from(p).await?;
+    let mut data_buf = BytesMut::new();
+    handshake(&mut data, &mut data_buf, p, Some(SocketKind::Data), session).await?;
+    let mut meta = connect_from(p).await?;
+    let mut meta_buf = BytesMut::new();
+    handshake(&mut meta, &mut meta_buf, p, Some(SocketKind::Meta), session).await?;
+    Ok(Established {
+        data: (data, data_buf),
+        meta: (meta, meta_buf),
+    })
+}
+
+/// Accepts the peer's sockets forever, sending each authenticated pair to `out`.
+pub async fn listen(listener: TcpListener, p: PeerParams, out: mpsc::UnboundedSender<Established>) {
+    let (done_tx, mut done_rx) =
+        mpsc::unbounded_channel::<Result<(SocketKind, u64, TcpStream, BytesMut), String>>();
+    let mut pending: HashMap<u64, (Instant, TcpStream, BytesMut)> = HashMap::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut stream, from)) = accepted else { continue };
+                if from.ip() != p.peer_addr.ip() {
+                    tracing::warn!(resource = %p.resource, %from, "refused a connection from an address that is not the peer's");
+                    continue;
+                }
+                tune(&stream);
+                let (p, done) = (p.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    let r = handshake(&mut stream, &mut buf, &p, None, 0).await;
+                    let _ = done.send(r.map(|(k, s)| (k, s, stream, buf)));
+                });
+            }
+            Some(r) = done_rx.recv() => match r {
+                Err(e) => tracing::warn!(resource = %p.resource, peer = %p.peer_node, "refused the peer: {e}"),
+                Ok((SocketKind::Data, session, stream, buf)) => {
+                    pending.retain(|_, (t, _, _)| t.elapsed() < PAIRING_TIMEOUT);
+                    if pending.len() >= MAX_PENDING_PAIRS {
+                        pending.clear();
+                    }
+                    pending.insert(session, (Instant::now(), stream, buf));
+                }
+                Ok((SocketKind::Meta, session, stream, buf)) => {
+                    if let Some((_, data, data_buf)) = pending.remove(&session) {
+                        if out.send(Established { data: (data, data_buf), meta: (stream, buf) }).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The running connection: queues to its writers and its tasks (aborted on drop).
+pub struct Connection {
+    /// Packets for the data socket.
+    pub data_tx: mpsc::UnboundedSender<Packet>,
+    /// Packets for the meta socket.
+    pub meta_tx: mpsc::UnboundedSender<Packet>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Sends a packet on the socket its type travels on.
+    pub fn send(&self, packet: Packet) {
+        let tx = match wire::socket_of(&packet) {
+            Some(SocketKind::Meta) => &self.meta_tx,
+            _ => &self.data_tx,
+        };
+        let _ = tx.send(packet);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn reader(
+    gen: u64,
+    mut half: OwnedReadHalf,
+    mut buf: BytesMut,
+    out: mpsc::UnboundedSender<NetEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match read_packet(&mut half, &mut buf).await {
+                Ok(packet) => {
+                    if out.send(NetEvent::Packet { gen, packet }).is_err() {
+                        return;
+                    }
+                }
+                Err(reason) => {
+                    let _ = out.send(NetEvent::Lost { gen, reason });
+                    return;
+                }
+            }
+        }
+    })
+}
+
+fn writer(
+    gen: u64,
+    mut half: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Packet>,
+    out: mpsc::UnboundedSender<NetEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(packet) = rx.recv().await {
+            if let Err(reason) = write_packet(&mut half, &packet).await {
+                let _ = out.send(NetEvent::Lost { gen, reason });
+                return;
+            }
+            if let Packet::Data { seq, .. } = packet {
+                let _ = out.send(NetEvent::Sent { gen, seq });
+            }
+        }
+    })
+}
+
+/// Starts the reader and writer tasks of an established connection.
+pub fn start(gen: u64, est: Established, out: mpsc::UnboundedSender<NetEvent>) -> Connection {
+    let (data_r, data_w) = est.data.0.into_split();
+    let (meta_r, meta_w) = est.meta.0.into_split();
+    let (data_tx, data_rx) = mpsc::unbounded_channel();
+    let (meta_tx, meta_rx) = mpsc::unbounded_channel();
+    let tasks = vec![
+        reader(gen, data_r, est.data.1, out.clone()),
+        reader(gen, meta_r, est.meta.1, out.clone()),
+        writer(gen, data_w, data_rx, out.clone()),
+        writer(gen, meta_w, meta_rx, out),
+    ];
+    Connection {
+        data_tx,
+        meta_tx,
+        tasks,
+    }
+}
