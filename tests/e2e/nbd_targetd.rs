@@ -27,6 +27,11 @@ struct Targetd {
 impl Targetd {
     /// Creates sparse files of the given sizes and serves them on a Unix socket and on TCP.
     fn start(files: &[(&str, u64)]) -> Targetd {
+        Targetd::start_with(&[], files)
+    }
+
+    /// Like `start`, with extra targetd flags.
+    fn start_with(flags: &[&str], files: &[(&str, u64)]) -> Targetd {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut paths = Vec::new();
         for (name, size) in files {
@@ -40,6 +45,7 @@ impl Targetd {
             .arg(&run_dir)
             .arg("--nbd")
             .arg(format!("127.0.0.1:{port}"))
+            .args(flags)
             .args(&paths)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -174,6 +180,32 @@ fn nbdinfo_shows_exports_size_flags_and_allocation() {
         Command::new(nbdinfo())
             .arg("--size")
             .arg(t.unix_uri("a.img")),
+    );
+}
+
+#[test]
+fn read_only_exports_say_so_and_refuse_writes() {
+    let t = Targetd::start_with(&["--read-only"], &[("ro.img", 4 * MIB)]);
+    let out = run_ok(Command::new(nbdinfo()).arg(t.unix_uri("ro.img")));
+    for want in [
+        "is_read_only: true",
+        "can_trim: false",
+        "can_zero: false",
+        "can_flush: true",
+    ] {
+        assert!(out.contains(want), "nbdinfo lacks {want:?}:\n{out}");
+    }
+    let src = t.file("src.bin");
+    std::fs::write(&src, pattern(MIBZ, 3)).unwrap();
+    run_fails(
+        Command::new(tool("nbdcopy", "libnbd-bin"))
+            .arg(&src)
+            .arg(t.unix_uri("ro.img")),
+    );
+    let backing = std::fs::read(t.file("ro.img")).unwrap();
+    assert!(
+        backing.iter().all(|&b| b == 0),
+        "a read-only export was written"
     );
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::handshake::{decode_client_flags, decode_option, encode_greeting, HandshakeError};
+use super::handshake::{decode_client_flags, decode_option, encode_greeting};
 use super::negotiate::{CloseReason, ExportView, Exports, Negotiation, Outcome};
 use super::transmission::{
     check_request, decode_request, encode_chunk, encode_offset_data_prefix, encode_simple_reply,
@@ -341,6 +341,16 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
     UnixListener::bind(path).map_err(err)
 }
 
+/// Why a connection ended other than by `NBD_OPT_ABORT`, `NBD_CMD_DISC` or a clean close.
+#[derive(Debug)]
+enum End {
+    /// The client's socket failed or closed mid-message; clients do this, so it is logged at
+    /// debug level.
+    Gone(String),
+    /// The client broke the protocol, or the server ended the session; logged as a warning.
+    Ended(String),
+}
+
 #[derive(Clone)]
 struct Context {
     exports: watch::Receiver<Table>,
@@ -364,12 +374,13 @@ impl Context {
             debug!(%peer, "NBD connection");
             match ctx.connection(rd, wr, &peer).await {
                 Ok(()) => debug!(%peer, "NBD connection closed"),
-                Err(e) => warn!(%peer, "NBD connection ended: {e}"),
+                Err(End::Gone(e)) => debug!(%peer, "NBD client went away: {e}"),
+                Err(End::Ended(e)) => warn!(%peer, "NBD connection ended: {e}"),
             }
         });
     }
 
-    async fn connection<R, W>(mut self, mut rd: R, mut wr: W, peer: &str) -> Result<(), String>
+    async fn connection<R, W>(mut self, mut rd: R, mut wr: W, peer: &str) -> Result<(), End>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -380,13 +391,19 @@ impl Context {
             self.handshake(&mut rd, &mut wr, &mut buf),
         )
         .await
-        .map_err(|_| format!("handshake not finished within {HANDSHAKE_TIMEOUT:?}"))??;
+        .map_err(|_| {
+            End::Ended(format!(
+                "handshake not finished within {HANDSHAKE_TIMEOUT:?}"
+            ))
+        })??;
         let Some((name, session)) = negotiated else {
             return Ok(());
         };
         let export = self.exports.borrow().get(&name).cloned();
         let Some(export) = export else {
-            return Err(format!("export {name:?} went away during the handshake"));
+            return Err(End::Ended(format!(
+                "export {name:?} went away during the handshake"
+            )));
         };
         export.connections.fetch_add(1, Ordering::AcqRel);
         info!(%peer, export = %name, structured = session.structured, "NBD client connected");
@@ -404,7 +421,7 @@ impl Context {
         rd: &mut R,
         wr: &mut W,
         buf: &mut BytesMut,
-    ) -> Result<Option<(String, Session)>, String>
+    ) -> Result<Option<(String, Session)>, End>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -412,8 +429,8 @@ impl Context {
         let flags = handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES;
         wr.write_all(&encode_greeting(flags))
             .await
-            .map_err(|e| format!("sending the greeting: {e}"))?;
-        wr.flush().await.map_err(|e| e.to_string())?;
+            .map_err(|e| End::Gone(format!("sending the greeting: {e}")))?;
+        wr.flush().await.map_err(|e| End::Gone(e.to_string()))?;
         let client_flags = loop {
             match decode_client_flags(buf) {
                 Decoded::Frame(f, n) => {
@@ -427,7 +444,8 @@ impl Context {
                 }
             }
         };
-        let mut negotiation = Negotiation::new(client_flags).map_err(|e| e.to_string())?;
+        let mut negotiation =
+            Negotiation::new(client_flags).map_err(|e| End::Ended(e.to_string()))?;
         loop {
             let option = match decode_option(buf) {
                 Ok(Decoded::Frame(o, n)) => {
@@ -440,7 +458,7 @@ impl Context {
                     }
                     continue;
                 }
-                Err(e @ HandshakeError::TooLarge { .. }) | Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(End::Ended(e.to_string())),
             };
             debug!(option = option.code(), "NBD option");
             let table = self.exports.borrow().clone();
@@ -451,13 +469,15 @@ impl Context {
             };
             wr.write_all(&step.reply)
                 .await
-                .map_err(|e| format!("sending an option reply: {e}"))?;
-            wr.flush().await.map_err(|e| e.to_string())?;
+                .map_err(|e| End::Gone(format!("sending an option reply: {e}")))?;
+            wr.flush().await.map_err(|e| End::Gone(e.to_string()))?;
             match step.outcome {
                 Outcome::Continue => {}
                 Outcome::Transmission { export, session } => return Ok(Some((export, session))),
                 Outcome::Close(CloseReason::Abort) => return Ok(None),
-                Outcome::Close(why) => return Err(format!("closing during negotiation: {why:?}")),
+                Outcome::Close(why) => {
+                    return Err(End::Ended(format!("closing during negotiation: {why:?}")))
+                }
             }
         }
     }
@@ -470,7 +490,7 @@ impl Context {
         name: &str,
         export: &Export,
         session: Session,
-    ) -> Result<(), String>
+    ) -> Result<(), End>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -482,12 +502,14 @@ impl Context {
         let bytes = Arc::new(Semaphore::new(units));
         let mut export = export.clone();
         let mut shutdown = self.shutdown.clone();
-        let mut ending: Option<String> = None;
+        let mut ending: Option<End> = None;
         let mut read_only_now = false;
         loop {
             let request = match decode_request(&buf) {
                 Err(e) => {
-                    ending = Some(format!("protocol violation, disconnecting: {e}"));
+                    ending = Some(End::Ended(format!(
+                        "protocol violation, disconnecting: {e}"
+                    )));
                     break;
                 }
                 Ok(Decoded::NeedMore(n)) => {
@@ -521,7 +543,7 @@ impl Context {
             if let Access::Refused(why) = export.access() {
                 let reply = error_reply(session.structured, cookie, Errno::Shutdown, &why);
                 let _ = tx.send(reply).await;
-                ending = Some(format!("export refused: {why}"));
+                ending = Some(End::Ended(format!("export refused: {why}")));
                 break;
             }
             if *shutdown.borrow() {
@@ -578,7 +600,7 @@ impl Context {
         }
         // Answer what is in flight, then close: the writer ends when every sender is gone.
         drop(tx);
-        let written = writer.await.map_err(|e| e.to_string())?;
+        let written = writer.await.map_err(|e| End::Ended(e.to_string()))?;
         match (ending, written) {
             (Some(e), _) => Err(e),
             (None, Err(e)) => Err(e),
@@ -618,19 +640,19 @@ async fn fill<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     need: usize,
-) -> Result<bool, String> {
+) -> Result<bool, End> {
     while buf.len() < need {
         buf.reserve((need - buf.len()).max(READ_CHUNK_BYTES));
         match rd.read_buf(buf).await {
             Ok(0) if buf.is_empty() => return Ok(false),
             Ok(0) => {
-                return Err(format!(
-                    "client closed the connection mid-message ({} of {need} bytes)",
+                return Err(End::Gone(format!(
+                    "closed the connection mid-message ({} of {need} bytes)",
                     buf.len()
-                ))
+                )))
             }
             Ok(_) => {}
-            Err(e) => return Err(format!("reading from the client: {e}")),
+            Err(e) => return Err(End::Gone(format!("reading from the client: {e}"))),
         }
     }
     Ok(true)
@@ -639,7 +661,7 @@ async fn fill<R: AsyncRead + Unpin>(
 async fn writer<W: AsyncWrite + Unpin>(
     wr: W,
     mut rx: mpsc::Receiver<Vec<Bytes>>,
-) -> Result<(), String> {
+) -> Result<(), End> {
     let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
     while let Some(reply) = rx.recv().await {
         let mut next = Some(reply);
@@ -647,13 +669,13 @@ async fn writer<W: AsyncWrite + Unpin>(
             for part in parts {
                 w.write_all(&part)
                     .await
-                    .map_err(|e| format!("sending a reply: {e}"))?;
+                    .map_err(|e| End::Gone(format!("sending a reply: {e}")))?;
             }
             next = rx.try_recv().ok();
         }
         w.flush()
             .await
-            .map_err(|e| format!("sending a reply: {e}"))?;
+            .map_err(|e| End::Gone(format!("sending a reply: {e}")))?;
     }
     let _ = w.shutdown().await;
     Ok(())

@@ -136,7 +136,8 @@ pub trait Volume: Send + Sync + 'static {
     /// Size in bytes (fixed for the life of the object).
     fn size_bytes(&self) -> u64;
 
-    /// Whether the volume may be used now, and how.
+    /// Whether the volume may be used now, and how. Servers ask at every handshake and before
+    /// every request (so a demotion takes effect at once): keep it cheap, an atomic load.
     fn access(&self) -> Access;
 
     /// Which optional operations are supported.
