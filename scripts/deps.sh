@@ -10,6 +10,7 @@ TANDEM_APT_PACKAGES=(
     util-linux      # losetup, mount, wipefs
     iproute2        # network namespaces, veth
     sbd             # ClusterLabs sbd: SBD interop
+    snmpd           # net-snmp agent: the "switch" in the IF-MIB fencing tests
     libnbd-bin      # nbdinfo, nbdcopy, nbdfuse: NBD interop
     qemu-utils      # qemu-img, qemu-nbd: NBD interop and the NBD benchmark's peer
     fio             # fio --ioengine=nbd: NBD verify and benchmark

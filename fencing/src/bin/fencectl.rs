@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use fencing::ifmib::{self, Power};
 use fencing::sbd::format::{Command, NodeName, SectorSize, Timeouts, Uuid};
 use fencing::sbd::ops::{self, Allocated, DeviceOptions};
 use fencing::sbd::watch::{watch, WatchOptions};
 use fencing::sbd::watcher::StartMode;
+use fencing::snmp::client::{Client, Security};
 use fencing::watchdog::{self, LinuxWatchdog, TestWatchdog, Watchdog};
 
 /// The most devices sbd accepts, and so do we.
 const MAX_DEVICES: usize = 3;
+/// How often the port status is polled after a set (as fence agents: every second).
+const POWER_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +50,8 @@ struct Cli {
 enum Top {
     /// SBD: shared-disk slots and poison pills, compatible with ClusterLabs sbd.
     Sbd(SbdArgs),
+    /// SNMP IF-MIB port fencing: switch a node's switch port off and on (ifAdminStatus).
+    Ifmib(IfmibArgs),
     /// The test watchdog helper (`--watchdog test:PGID` starts it): reads watchdog operations
     /// on stdin and kills process group PGID when not fed in time.
     #[command(hide = true)]
@@ -97,6 +103,60 @@ struct SbdArgs {
     watchdog: String,
     #[command(subcommand)]
     action: SbdAction,
+}
+
+#[derive(clap::Args)]
+struct IfmibArgs {
+    /// The switch's address.
+    #[arg(long, value_name = "SWITCH")]
+    ip: String,
+    /// The switch's SNMP port.
+    #[arg(long, default_value_t = 161)]
+    port: u16,
+    /// The community (v1, v2c).
+    #[arg(long)]
+    community: Option<String>,
+    /// SNMP version: 1, 2c or 3.
+    #[arg(long, default_value = "2c")]
+    snmp_version: String,
+    /// v3 user.
+    #[arg(long)]
+    username: Option<String>,
+    /// v3 authentication protocol: MD5 or SHA.
+    #[arg(long, requires = "auth_password")]
+    auth_protocol: Option<String>,
+    /// v3 authentication password.
+    #[arg(long)]
+    auth_password: Option<String>,
+    /// v3 privacy protocol: DES or AES.
+    #[arg(long, requires = "priv_password")]
+    priv_protocol: Option<String>,
+    /// v3 privacy password.
+    #[arg(long)]
+    priv_password: Option<String>,
+    /// The port: an ifIndex or an ifDescr (needed except for list).
+    #[arg(long)]
+    plug: Option<String>,
+    /// Seconds to wait for the port to reach the new state after on/off.
+    #[arg(long, default_value_t = 20)]
+    power_timeout: u64,
+    /// Seconds to wait for each SNMP answer.
+    #[arg(long, default_value_t = 1)]
+    snmp_timeout: u64,
+    /// SNMP tries per request.
+    #[arg(long, default_value_t = 3)]
+    snmp_retries: u32,
+    /// on, off, reboot, status or list.
+    action: IfmibAction,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IfmibAction {
+    On,
+    Off,
+    Reboot,
+    Status,
+    List,
 }
 
 #[derive(Subcommand)]
@@ -261,6 +321,56 @@ fn sbd(args: SbdArgs, node: &Option<String>) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn ifmib(args: IfmibArgs) -> anyhow::Result<ExitCode> {
+    let security = Security::from_options(
+        &args.snmp_version,
+        args.community.as_deref(),
+        args.username.as_deref(),
+        args.auth_protocol
+            .as_deref()
+            .zip(args.auth_password.as_deref()),
+        args.priv_protocol
+            .as_deref()
+            .zip(args.priv_password.as_deref()),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut client = Client::new(&args.ip, args.port, security)?;
+    client.timeout = Duration::from_secs(args.snmp_timeout.max(1));
+    client.tries = args.snmp_retries.max(1);
+    let power_timeout = Duration::from_secs(args.power_timeout);
+    if let IfmibAction::List = args.action {
+        for port in ifmib::list(&mut client)? {
+            println!("{}\t{}\t{}", port.index, port.descr, port.alias);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plug = args.plug.context("--plug PORT is needed")?;
+    let index = ifmib::port_index(&mut client, &plug)?;
+    let set = |client: &mut Client, want| {
+        ifmib::set_power(client, index, want, power_timeout, POWER_POLL)
+    };
+    match args.action {
+        IfmibAction::On => set(&mut client, Power::On)?,
+        IfmibAction::Off => set(&mut client, Power::Off)?,
+        IfmibAction::Reboot => {
+            set(&mut client, Power::Off)?;
+            set(&mut client, Power::On)?;
+        }
+        IfmibAction::Status => {
+            let power = ifmib::status(&mut client, index)?;
+            println!("Status: {}", power.name().to_uppercase());
+            // As fence agents: 2 means "off".
+            return Ok(if power == Power::On {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
+        }
+        IfmibAction::List => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `f` on each device; a failing device is reported on stderr in one line and makes the
 /// exit status 1, the others still run (as sbd's list and dump).
 fn per_device(
@@ -320,6 +430,7 @@ fn main() -> ExitCode {
     let _ = (&cli.config, &cli.run_dir);
     let result = match cli.command {
         Top::Sbd(args) => sbd(args, &cli.node),
+        Top::Ifmib(args) => ifmib(args),
         Top::TestWatchdog { pgid, timeout } => test_watchdog(pgid, timeout),
     };
     match result {
