@@ -181,3 +181,67 @@ pub fn wait_for<T>(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+pub mod pair;
+
+/// A FUSE mount (nbdfuse's), unmounted on drop.
+pub struct FuseMount(pub PathBuf);
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// A mounted filesystem, unmounted on drop.
+pub struct Mount(pub PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts `dev` on `dir`.
+pub fn mount(dev: &Path, dir: &Path) -> Mount {
+    run_ok(Command::new(tool("mount", "mount")).arg(dev).arg(dir));
+    Mount(dir.to_path_buf())
+}
+
+/// Exposes an NBD export as the file `<dir>/nbd` through nbdfuse; the returned guards unmount
+/// and stop it (drop the mount before the process).
+pub fn nbdfuse(dir: &Path, uri: &str, size_bytes: u64) -> (FuseMount, ChildGuard, PathBuf) {
+    std::fs::create_dir_all(dir).expect("fuse dir");
+    let child = Command::new(tool("nbdfuse", "libnbd-bin"))
+        .arg(dir)
+        .arg(uri)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nbdfuse");
+    let guard = ChildGuard(child);
+    let image = dir.join("nbd");
+    wait_for(
+        "nbdfuse to expose the export",
+        std::time::Duration::from_secs(20),
+        || {
+            std::fs::metadata(&image)
+                .ok()
+                .filter(|m| m.len() == size_bytes)
+        },
+    );
+    (FuseMount(dir.to_path_buf()), guard, image)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a test can regenerate what it wrote.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}

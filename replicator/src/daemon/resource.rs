@@ -158,6 +158,7 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
         conn: None,
         gen: 0,
         dialing: false,
+        last_dial_error: None,
         backoff: DIAL_BACKOFF_START,
         next_dial: Instant::now(),
         connect_int: spec.connect_int,
@@ -187,6 +188,7 @@ struct Task {
     conn: Option<Connection>,
     gen: u64,
     dialing: bool,
+    last_dial_error: Option<String>,
     backoff: Duration,
     next_dial: Instant,
     connect_int: Duration,
@@ -285,7 +287,16 @@ impl Task {
             Msg::Dialed(est) => self.established(est),
             Msg::DialFailed(reason) => {
                 self.dialing = false;
-                tracing::debug!(resource = %self.name, "connecting to {}: {reason}", self.peer.peer_addr);
+                // A refused TCP connect is normal while the peer is down; a failed handshake
+                // (wrong secret, resource or protocol) is worth a warning, once per reason.
+                if reason.starts_with("connect")
+                    || self.last_dial_error.as_deref() == Some(reason.as_str())
+                {
+                    tracing::debug!(resource = %self.name, "connecting to {}: {reason}", self.peer.peer_addr);
+                } else {
+                    tracing::warn!(resource = %self.name, peer = %self.peer.peer_node, "refused by the peer: {reason}");
+                }
+                self.last_dial_error = Some(reason);
                 self.backoff = (self.backoff * 2).min(self.connect_int);
                 self.next_dial = Instant::now() + self.backoff;
             }
@@ -322,6 +333,7 @@ impl Task {
         }
         self.gen += 1;
         self.backoff = DIAL_BACKOFF_START;
+        self.last_dial_error = None;
         tracing::info!(resource = %self.name, peer = %self.peer.peer_node, "connected");
         self.conn = Some(peer::start(self.gen, est, self.net_tx.clone()));
         self.apply(Event::PeerConnected { gen: self.gen });
