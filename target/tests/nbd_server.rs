@@ -572,3 +572,42 @@ async fn shutdown_closes_idle_connections() {
     f.server.shutdown(STEP).await;
     assert!(c.closed().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_of_32_mib_are_accepted_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = file_volume(dir.path(), "big.img", 64 * MIB);
+    let f = fixture(vec![("big", big)]).await;
+    let max = target::nbd::MAX_PAYLOAD_BYTES;
+    let len = usize::try_from(max).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let mut c = Client::connect(&f.socket).await;
+    assert_eq!(c.go("big").await.last(), Some(&OptionReply::Ack));
+    c.send(req(Command::Write, cmd_flags::FUA, 1, MIB, max), &data)
+        .await;
+    assert_eq!(
+        c.reply().await,
+        Reply::Simple {
+            error: 0,
+            cookie: 1
+        }
+    );
+    c.send(req(Command::Read, 0, 2, MIB, max), &[]).await;
+    assert_eq!(
+        c.reply().await,
+        Reply::Simple {
+            error: 0,
+            cookie: 2
+        }
+    );
+    let back = c
+        .next(|b| {
+            Ok(if b.len() >= len {
+                Decoded::Frame(b[..len].to_vec(), len)
+            } else {
+                Decoded::NeedMore(len)
+            })
+        })
+        .await;
+    assert!(back == data, "32 MiB read back differs");
+}
