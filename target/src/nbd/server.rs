@@ -16,9 +16,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -56,6 +56,12 @@ const WRITE_BUFFER_BYTES: usize = 256 << 10;
 /// The least free space kept in the read buffer before reading, so that several small requests
 /// arrive with one read.
 const READ_CHUNK_BYTES: usize = 256 << 10;
+
+/// Pause after a failed accept (out of file descriptors), so the loop does not spin.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Warnings a client can trigger (refused connections, protocol violations) are logged at most
+/// once per this interval per server; the others are counted and reported with the next one.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Errors of the library API.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +163,7 @@ pub struct NbdServer {
     exports: watch::Sender<Table>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Semaphore>,
+    warnings: Arc<RateLimit>,
 }
 
 impl Default for NbdServer {
@@ -172,6 +179,7 @@ impl NbdServer {
             exports: watch::channel(Arc::new(BTreeMap::new())).0,
             shutdown: watch::channel(false).0,
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            warnings: Arc::new(RateLimit::new()),
         }
     }
 
@@ -271,7 +279,7 @@ impl NbdServer {
                         }
                         Err(e) => {
                             warn!("accept on the NBD Unix socket failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                         }
                     },
                     _ = stopped(&mut shutdown) => break,
@@ -296,7 +304,7 @@ impl NbdServer {
                         }
                         Err(e) => {
                             warn!("accept on the NBD TCP socket failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                         }
                     },
                     _ = stopped(&mut shutdown) => break,
@@ -318,6 +326,7 @@ impl NbdServer {
             exports: self.exports.subscribe(),
             shutdown: self.shutdown.subscribe(),
             connections: Arc::clone(&self.connections),
+            warnings: Arc::clone(&self.warnings),
         }
     }
 }
@@ -356,6 +365,49 @@ struct Context {
     exports: watch::Receiver<Table>,
     shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
+    warnings: Arc<RateLimit>,
+}
+
+/// Lets a log line through at most once per [`WARN_INTERVAL`], counting the ones it holds back.
+struct RateLimit {
+    start: Instant,
+    /// Milliseconds since `start` of the last line let through, plus one (0: never).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    fn new() -> RateLimit {
+        RateLimit {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this line may be logged now.
+    fn allow(&self) -> Option<u64> {
+        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.allow_at(now_ms)
+    }
+
+    /// [`RateLimit::allow`] at `now_ms` milliseconds after `start`.
+    fn allow_at(&self, now_ms: u64) -> Option<u64> {
+        let stamp = now_ms.saturating_add(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let interval = u64::try_from(WARN_INTERVAL.as_millis()).expect("small");
+        let due = last == 0 || stamp.saturating_sub(last) >= interval;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, stamp, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 impl Context {
@@ -365,17 +417,23 @@ impl Context {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-            warn!(%peer, "refusing NBD connection: {MAX_CONNECTIONS} connections already open");
+            if let Some(suppressed) = self.warnings.allow() {
+                warn!(%peer, suppressed, "refusing NBD connection: {MAX_CONNECTIONS} connections already open");
+            }
             return;
         };
         let ctx = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
             debug!(%peer, "NBD connection");
+            let warnings = Arc::clone(&ctx.warnings);
             match ctx.connection(rd, wr, &peer).await {
                 Ok(()) => debug!(%peer, "NBD connection closed"),
                 Err(End::Gone(e)) => debug!(%peer, "NBD client went away: {e}"),
-                Err(End::Ended(e)) => warn!(%peer, "NBD connection ended: {e}"),
+                Err(End::Ended(e)) => match warnings.allow() {
+                    Some(suppressed) => warn!(%peer, suppressed, "NBD connection ended: {e}"),
+                    None => debug!(%peer, "NBD connection ended: {e}"),
+                },
             }
         });
     }
@@ -881,4 +939,22 @@ fn read_chunks(cookie: u64, offset: u64, segments: Vec<Segment>) -> Vec<Bytes> {
         parts.push(Bytes::from(b));
     }
     parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_lets_one_line_through_per_interval() {
+        let r = RateLimit::new();
+        let step = u64::try_from(WARN_INTERVAL.as_millis()).unwrap();
+        assert_eq!(r.allow_at(0), Some(0));
+        assert_eq!(r.allow_at(1), None);
+        assert_eq!(r.allow_at(step - 1), None);
+        assert_eq!(r.allow_at(step), Some(2));
+        assert_eq!(r.allow_at(step + 10), None);
+        assert_eq!(r.allow_at(10 * step), Some(1));
+        assert_eq!(r.allow_at(10 * step), None);
+    }
 }
