@@ -11,6 +11,8 @@ TANDEM_APT_PACKAGES=(
     iproute2        # network namespaces, veth
     sbd             # ClusterLabs sbd: SBD interop
     snmpd           # net-snmp agent: the "switch" in the IF-MIB fencing tests
+    fence-agents    # metadata.rng: the schema the fence agents' metadata must validate against
+    libxml2-utils   # xmllint: validates that metadata
     libnbd-bin      # nbdinfo, nbdcopy, nbdfuse: NBD interop
     qemu-utils      # qemu-img, qemu-nbd: NBD interop and the NBD benchmark's peer
     fio             # fio --ioengine=nbd: NBD verify and benchmark

@@ -132,6 +132,29 @@ pub fn status(client: &mut Client, index: u32) -> Result<Power, IfMibError> {
     }
 }
 
+/// Sets a port's ifAdminStatus.
+pub fn set(client: &mut Client, index: u32, want: Power) -> Result<(), IfMibError> {
+    let target = oid(IF_ADMIN_STATUS).child(index);
+    client.set(vec![(target, Value::Integer(want.admin_status()))])?;
+    Ok(())
+}
+
+/// Every port's state, by ifIndex.
+pub fn statuses(client: &mut Client) -> Result<Vec<(u32, Power)>, IfMibError> {
+    Ok(client
+        .walk(&oid(IF_ADMIN_STATUS))?
+        .iter()
+        .map(|(o, v)| {
+            let power = if *v == Value::Integer(STATUS_UP) {
+                Power::On
+            } else {
+                Power::Off
+            };
+            (row_index(o), power)
+        })
+        .collect())
+}
+
 /// Sets a port's state and polls until it reports it, at most `timeout`.
 pub fn set_power(
     client: &mut Client,
@@ -140,8 +163,7 @@ pub fn set_power(
     timeout: Duration,
     poll: Duration,
 ) -> Result<(), IfMibError> {
-    let target = oid(IF_ADMIN_STATUS).child(index);
-    client.set(vec![(target, Value::Integer(want.admin_status()))])?;
+    set(client, index, want)?;
     let start = Instant::now();
     loop {
         if status(client, index)? == want {

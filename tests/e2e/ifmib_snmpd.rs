@@ -330,3 +330,91 @@ fn failures_are_clear_and_exit_1() {
     assert!(err.contains("no port named \"swp9\""), "{err}");
     assert!(lab.port_admin_up() && lab.node_link_up());
 }
+
+/// Runs `fence_tandem_ifmib` in the fencer's namespace with `input` on stdin, as Pacemaker's
+/// fencer calls it.
+fn fence_tandem_ifmib(lab: &Lab, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = lab
+        .fencer
+        .cmd(bin("fence_tandem_ifmib"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fence_tandem_ifmib");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn agent_run(lab: &Lab, input: &str) -> (Option<i32>, String) {
+    let out = fence_tandem_ifmib(lab, input);
+    if !matches!(out.status.code(), Some(0 | 2)) {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn fence_tandem_ifmib_as_pacemaker_calls_it() {
+    let lab = Lab::new("agent");
+    let v2c = format!("nodename=n1\nport=swp1\nip={SWITCH_IP}\ncommunity=private\n");
+    let v3 = format!(
+        "nodename=n1\nplug=swp1\nipaddr={SWITCH_IP}\nsnmp_version=3\nusername=fencer\n\
+         password={AUTH_PASSWORD}\nsnmp_auth_prot=SHA\nsnmp_sec_level=authPriv\n\
+         snmp_priv_prot=AES\nsnmp_priv_passwd={PRIV_PASSWORD}\n"
+    );
+    for base in [v2c.as_str(), v3.as_str()] {
+        assert_eq!(
+            agent_run(&lab, &format!("{base}action=status\n")),
+            (Some(0), "Status: ON\n".into())
+        );
+        assert_eq!(
+            agent_run(&lab, &format!("{base}action=off\n")),
+            (Some(0), "Success: Powered OFF\n".into())
+        );
+        assert!(!lab.port_admin_up() && !lab.node_link_up());
+        assert_eq!(
+            agent_run(&lab, &format!("{base}action=status\n")),
+            (Some(2), "Status: OFF\n".into())
+        );
+        assert_eq!(
+            agent_run(&lab, &format!("{base}action=on\n")),
+            (Some(0), "Success: Powered ON\n".into())
+        );
+        assert!(lab.port_admin_up());
+        assert_eq!(
+            agent_run(&lab, &format!("{base}action=reboot\n")),
+            (Some(0), "Success: Rebooted\n".into())
+        );
+        assert!(lab.port_admin_up());
+        let (code, list) = agent_run(&lab, &format!("{base}action=list\n"));
+        assert_eq!(code, Some(0));
+        assert!(list.lines().any(|l| l == "swp1,"), "{list}");
+        let (code, list) = agent_run(&lab, &format!("{base}action=list-status\n"));
+        assert_eq!(code, Some(0));
+        assert!(list.lines().any(|l| l == "swp1,,ON"), "{list}");
+        assert_eq!(
+            agent_run(&lab, &format!("{base}action=monitor\n")),
+            (Some(0), String::new())
+        );
+    }
+    wait_for(
+        "the node's link to come back",
+        Duration::from_secs(10),
+        || lab.node_link_up().then_some(()),
+    );
+    // A wrong community: failure, exit 1, port untouched.
+    let out = fence_tandem_ifmib(
+        &lab,
+        &format!("action=off\nport=swp1\nip={SWITCH_IP}\ncommunity=nope\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
+    assert!(lab.port_admin_up());
+}

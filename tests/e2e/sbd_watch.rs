@@ -231,3 +231,98 @@ fn watch_refuses_timeouts_that_cannot_fence_in_time() {
         "{err}"
     );
 }
+
+/// Runs `fence_tandem_sbd` with `input` on stdin, as Pacemaker's fencer calls it.
+fn fence_tandem_sbd(input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("fence_tandem_sbd"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fence_tandem_sbd");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn agent_ok(input: &str, code: i32, stdout: &str) {
+    let out = fence_tandem_sbd(input);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(code), stdout),
+        "fence_tandem_sbd {input:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fence_tandem_sbd_off_status_on_list() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    let base = format!(
+        "# as stonithd sends it\nnodename=alpha\nport=alpha\ndevices={}\nsender=beta\n",
+        disk.dev.path.display()
+    );
+    agent_ok(&format!("{base}action=status\n"), 0, "Status: ON\n");
+    agent_ok(&format!("{base}action=list\n"), 0, "alpha,alpha\n");
+    agent_ok(
+        &format!("{base}action=list-status\n"),
+        0,
+        "alpha,alpha,ON\n",
+    );
+    agent_ok(&format!("{base}action=monitor\n"), 0, "");
+    agent_ok(&format!("{base}action=off\n"), 0, "Success: Powered OFF\n");
+    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
+    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    agent_ok(&format!("{base}action=status\n"), 2, "Status: OFF\n");
+    agent_ok(&format!("{base}action=off\n"), 0, "Success: Already OFF\n");
+    // ClusterLabs sbd sees what the agent wrote.
+    let list = run_ok(
+        Command::new(tool("sbd", "sbd"))
+            .arg("-d")
+            .arg(&disk.dev.path)
+            .arg("list"),
+    );
+    assert_eq!(list, "0\talpha\toff\tbeta\n");
+    agent_ok(&format!("{base}action=on\n"), 0, "Success: Powered ON\n");
+    agent_ok(&format!("{base}action=status\n"), 0, "Status: ON\n");
+    // An unknown node is a failure.
+    let out = fence_tandem_sbd(&format!("{base}action=off\nport=gamma\n"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no slot for node 'gamma'"));
+}
+
+#[test]
+fn fence_tandem_sbd_reboot_resets_the_node() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    // Flags instead of stdin this time.
+    let out = run_ok(Command::new(bin("fence_tandem_sbd")).args([
+        "-o",
+        "reboot",
+        "-n",
+        "alpha",
+        "--sender",
+        "beta",
+        &format!("--devices={}", disk.dev.path.display()),
+    ]));
+    assert_eq!(out, "Success: Rebooted\n");
+    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
+    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    assert_eq!(
+        run_ok(fencectl("beta", &disk.dev.path).arg("list")),
+        "0\talpha\treset\tbeta\n"
+    );
+}

@@ -260,6 +260,42 @@ pub fn send(
     ))
 }
 
+/// Whether `target` holds a poison pill (reset, off, crashdump) on more than half of the
+/// devices, i.e. whether a fencing message to it was delivered. Devices that cannot be read or
+/// have no slot for it do not count; an error when none can be read.
+pub fn pill_delivered(
+    paths: &[PathBuf],
+    options: DeviceOptions,
+    target: &NodeName,
+) -> Result<bool, SbdError> {
+    let mut pills = 0;
+    let mut last_error = None;
+    let mut read = 0;
+    for path in paths {
+        let found = options.open(path).and_then(|dev| {
+            let header = read_header(&dev)?;
+            let slot = lookup(&dev, &header, target)?.ok_or_else(|| SbdError::NoSlot {
+                node: target.to_string(),
+                path: dev.path().to_string(),
+            })?;
+            read_mailbox(&dev, slot)
+        });
+        match found {
+            Ok(mailbox) => {
+                read += 1;
+                if mailbox.cmd.is_fencing() {
+                    pills += 1;
+                }
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (read, last_error) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(quorum_write(pills, paths.len())),
+    }
+}
+
 /// The outcome of [`deliver`].
 #[derive(Debug)]
 pub struct Delivery {
