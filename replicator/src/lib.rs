@@ -10,5 +10,6 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod daemon;
+pub mod demo;
 pub mod md;
 pub mod wire;

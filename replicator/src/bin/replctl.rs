@@ -112,6 +112,15 @@ enum Command {
     },
     /// Stream state changes, one JSON object per line.
     Events,
+    /// Two replicated nodes on loopback with file-backed disks, no config needed.
+    Demo {
+        /// Keep disks, config and logs in this directory (default: a temp dir, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Stop after the initial sync and the instructions instead of waiting for Ctrl-C.
+        #[arg(long = "exit-after-sync")]
+        exit_after_sync: bool,
+    },
 }
 
 fn hostname() -> String {
@@ -239,6 +248,13 @@ fn simple(cli: &Cli, request: Request) -> Result<()> {
 fn run(cli: &Cli) -> Result<()> {
     let res = |r: &String| r.clone();
     match &cli.command {
+        Command::Demo {
+            dir,
+            exit_after_sync,
+        } => replicator::demo::run(replicator::demo::Options {
+            dir: dir.clone(),
+            exit_after_sync: *exit_after_sync,
+        }),
         Command::Up { resource } => simple(
             cli,
             Request::Up {

@@ -208,16 +208,7 @@ fn resource(o: &mut Out, r: &Resource) {
         }
         o.close();
     }
-    if r.export.nbd.is_some() || r.export.iscsi.is_some() {
-        o.open("export");
-        if let Some(a) = r.export.nbd {
-            o.opt("nbd", a);
-        }
-        if let Some(a) = r.export.iscsi {
-            o.opt("iscsi", a);
-        }
-        o.close();
-    }
+    exports(o, &r.export);
     for h in &r.hosts {
         o.open(format!("on {}", quote(&h.name)));
         if let Some(id) = h.node_id {
@@ -226,6 +217,9 @@ fn resource(o: &mut Out, r: &Resource) {
         if let Some(a) = h.address {
             let family = if a.addr.is_ipv6() { "ipv6" } else { "ipv4" };
             o.opt("address", format!("{family} {}", a.addr));
+        }
+        if let Some(e) = &h.export {
+            exports(o, e);
         }
         for v in &h.volumes {
             o.open(format!("volume {}", v.number));
@@ -255,6 +249,19 @@ fn resource(o: &mut Out, r: &Resource) {
         o.raw(item);
     }
     o.close();
+}
+
+fn exports(o: &mut Out, e: &Exports) {
+    if e.nbd.is_some() || e.iscsi.is_some() {
+        o.open("export");
+        if let Some(a) = e.nbd {
+            o.opt("nbd", a);
+        }
+        if let Some(a) = e.iscsi {
+            o.opt("iscsi", a);
+        }
+        o.close();
+    }
 }
 
 fn cluster(o: &mut Out, c: &Cluster) {

@@ -391,6 +391,9 @@ pub struct Host {
     pub address: Option<Address>,
     /// The volumes, at least one.
     pub volumes: Vec<Volume>,
+    /// `export { ... }` inside `on HOST`: where this host serves the resource, overriding the
+    /// resource's `export` (tandem's extension, for nodes that need different addresses).
+    pub export: Option<Exports>,
 }
 
 impl Host {

@@ -811,10 +811,12 @@ fn validate_host(
     let mut direct = VolumeSpec::default();
     let mut node_id = None;
     let mut address = None;
+    let mut export = None;
     for child in body {
         match child.keyword() {
             "address" => address = Some(parse_address(child)?),
             "node-id" => node_id = Some(ranged_count(child, 0, 31)?),
+            "export" => export = Some(validate_export(child)?),
             "volume" => volume_block(child, &mut own)?,
             k if HOST_UNIMPLEMENTED.contains(&k) => ctx.unimplemented(child, &format!("on {name}")),
             k => {
@@ -893,6 +895,7 @@ fn validate_host(
         node_id,
         address,
         volumes,
+        export,
     })
 }
 

@@ -324,10 +324,11 @@ impl Daemon {
         let tx = handle.tx.clone();
         map.insert(name.to_string(), handle);
         drop(map);
-        if let Some(addr) = r.export.nbd {
+        let export = view.local.export.as_ref().unwrap_or(&r.export);
+        if let Some(addr) = export.nbd {
             self.serve_tcp(addr).await?;
         }
-        if r.export.iscsi.is_some() {
+        if export.iscsi.is_some() {
             tracing::warn!(resource = %name, "export iscsi is not implemented yet; only NBD is served");
         }
         let (reply, rx) = oneshot::channel();
