@@ -177,6 +177,26 @@ fn exit_stops_cleanly_and_the_node_lives() {
 }
 
 #[test]
+fn sigterm_stops_cleanly_and_the_node_lives() {
+    let disk = sbd_disk();
+    let mut node = Node::new();
+    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
+    wait_watching(&disk.dev.path, &mut watcher);
+    let pid = i32::try_from(watcher.0.id()).unwrap();
+    // SAFETY: kill() takes plain integers; the pid is our own live child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = wait_for("the watcher to exit", SOON, || {
+        watcher.0.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "watcher: {status:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        alive(&mut node.sleeper.0),
+        "SIGTERM must disarm the watchdog"
+    );
+}
+
+#[test]
 fn test_message_is_acknowledged() {
     let disk = sbd_disk();
     let mut node = Node::new();

@@ -315,7 +315,13 @@ fn sbd(args: SbdArgs, node: &Option<String>) -> anyhow::Result<ExitCode> {
                 },
             };
             let spec = args.watchdog.clone();
-            watch(&args.devices, &opts, || open_watchdog(&spec))?;
+            let termination = TerminationSignals::block();
+            watch(
+                &args.devices,
+                &opts,
+                || open_watchdog(&spec),
+                || termination.pending(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -385,6 +391,38 @@ fn per_device(
         }
     }
     Ok(status)
+}
+
+/// SIGTERM and SIGINT, blocked in every thread so the watcher can poll for them and stop
+/// cleanly (disarming the watchdog), as sbd does on SIGTERM.
+struct TerminationSignals(libc::sigset_t);
+
+impl TerminationSignals {
+    /// Blocks the signals; call before any thread starts, so every thread inherits the mask.
+    fn block() -> TerminationSignals {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, exclusively borrowed sigset_t; the signal numbers are valid;
+        // pthread_sigmask only reads `set` and accepts a null old-mask pointer.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        TerminationSignals(set)
+    }
+
+    /// Whether one arrived (consumes it), without waiting.
+    fn pending(&self) -> bool {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the set and the timespec are valid for the call; a null siginfo pointer is
+        // allowed.
+        unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &zero) > 0 }
+    }
 }
 
 fn open_watchdog(spec: &str) -> std::io::Result<Box<dyn Watchdog>> {

@@ -17,7 +17,7 @@ use super::format::{Header, Mailbox, NodeName, Slot};
 use super::ops::{self, DeviceOptions};
 use super::watcher::{
     check_consistent, check_watch_timing, may_start, Action, DiskReport, FenceReason, StartMode,
-    Watcher,
+    State, Watcher,
 };
 use super::SbdError;
 use crate::watchdog::Watchdog;
@@ -61,6 +61,9 @@ pub enum WatchError {
     /// The watchdog failed.
     #[error("watchdog: {0}")]
     Watchdog(std::io::Error),
+    /// A reader thread could not be started.
+    #[error("cannot start a disk reader thread: {0}")]
+    Thread(std::io::Error),
     /// The node was fenced but the watchdog did not kill it.
     #[error("fenced ({reason}) but the watchdog did not fire within {waited:?}")]
     WatchdogDidNotFire {
@@ -82,6 +85,8 @@ struct Started {
 fn start_disk(path: &Path, opts: &WatchOptions) -> Result<Started, WatchError> {
     let dev = opts.device.open(path)?;
     let header = ops::read_header(&dev)?;
+    // Refuse unsafe timeouts before writing anything (allocate writes a slot).
+    check_watch_timing(&header.timeouts, opts.device.io_timeout).map_err(SbdError::from)?;
     let allocated = ops::allocate(&dev, &opts.node, |_| (), std::thread::sleep)?;
     let slot = allocated.slot();
     let entry = ops::read_slot(&dev, slot)?;
@@ -144,14 +149,16 @@ fn servant(
     }
 }
 
-/// Runs the watcher until an `exit` message (`Ok`) or an error. When the node is fenced this
-/// does not return until the watchdog kills the process; it returns an error only if the
+/// Runs the watcher until an `exit` message or `stop` returning true (both `Ok`, with the
+/// watchdog disarmed: sbd stops cleanly on SIGTERM too), or an error. When the node is fenced
+/// this does not return until the watchdog kills the process; it returns an error only if the
 /// watchdog has not done so after [`FENCE_WAIT_WATCHDOG_TIMEOUTS`] timeouts.
-/// `open_watchdog` is called once start-up succeeded.
+/// `open_watchdog` is called once start-up succeeded; `stop` every [`TICK`].
 pub fn watch(
     paths: &[PathBuf],
     opts: &WatchOptions,
     open_watchdog: impl FnOnce() -> std::io::Result<Box<dyn Watchdog>>,
+    mut stop: impl FnMut() -> bool,
 ) -> Result<(), WatchError> {
     assert!(!paths.is_empty(), "watch needs at least one device");
     let mut started = Vec::with_capacity(paths.len());
@@ -202,7 +209,7 @@ pub fn watch(
         std::thread::Builder::new()
             .name(format!("sbd-servant {i}"))
             .spawn(move || servant(i, d.dev, d.slot, every, rx, reports))
-            .map_err(|e| WatchError::Watchdog(std::io::Error::other(e)))?;
+            .map_err(WatchError::Thread)?;
         servants.push(tx);
     }
     drop(report_tx);
@@ -220,6 +227,11 @@ pub fn watch(
             Err(RecvTimeoutError::Disconnected) => unreachable!("servants run until we drop them"),
         }
         actions.extend(watcher.tick(epoch.elapsed()));
+        if watcher.state() == State::Running && stop() {
+            tracing::info!("asked to stop: stopping, watchdog disarmed");
+            watchdog.disarm().map_err(WatchError::Watchdog)?;
+            return Ok(());
+        }
         for action in actions {
             match action {
                 Action::Feed => {
