@@ -1,38 +1,132 @@
 //! Local IO on the backing disk for the replication core's `LocalWrite`/`LocalRead`/
 //! `LocalFlush` actions.
 //!
-//! Each IO runs on tokio's blocking pool with pread/pwrite, so many are in flight at once;
-//! completions come back as events. FUA writes and flushes use fdatasync. Ordering across
-//! flushes is the core's job: it only asks for a flush once the writes it must cover are done.
+//! The primary engine is io_uring: one thread owns a ring, takes every queued request at once
+//! and submits them in one batch, writes straight from the `Bytes` the request arrived in (no
+//! copy), FUA writes carry `RWF_DSYNC`, flushes are `IORING_OP_FSYNC` with `DATASYNC`. When a
+//! ring cannot be created (old kernel, seccomp) or `TANDEM_IO=threads` is set, the same
+//! requests run as pread/pwrite/fdatasync on tokio's blocking pool; the choice is logged.
+//!
+//! Ordering across flushes is the core's job: it asks for a flush only once the writes it must
+//! cover have completed, so neither engine reorders a write across a flush.
 
+use std::collections::VecDeque;
 use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use io_uring::{opcode, types, IoUring};
+use tokio::sync::oneshot;
+
+/// Submission queue entries of the ring (requests in flight beyond this wait in a queue).
+const RING_ENTRIES: u32 = 256;
+/// user_data of the eventfd read that wakes the ring thread.
+const WAKE: u64 = u64::MAX;
+
+/// Which engine a [`Backing`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// io_uring with batched submission.
+    IoUring,
+    /// pread/pwrite on the blocking thread pool.
+    Threads,
+}
 
 /// The backing disk.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Backing {
     file: Arc<File>,
     path: Arc<str>,
+    ring: Option<Arc<RingHandle>>,
 }
 
 fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+type Reply = oneshot::Sender<Result<Option<Bytes>, i32>>;
+
+enum Kind {
+    Write { buf: Bytes, done: usize, fua: bool },
+    Read { buf: Vec<u8>, done: usize },
+    Flush,
+}
+
+struct Op {
+    kind: Kind,
+    offset: u64,
+    reply: Reply,
+}
+
+struct Shared {
+    queue: Mutex<Vec<Op>>,
+    eventfd: OwnedFd,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes from a live stack buffer to an eventfd we own.
+        unsafe {
+            libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), one.len());
+        }
+    }
+}
+
+/// Stops the ring thread when the last [`Backing`] clone goes.
+struct RingHandle(Arc<Shared>);
+
+impl Drop for RingHandle {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.wake();
+    }
+}
+
 impl Backing {
-    /// Opens the backing disk read-write.
+    /// Opens the backing disk read-write with the best engine available.
     pub fn open(path: &std::path::Path) -> std::io::Result<Backing> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)?;
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?,
+        );
+        let name: Arc<str> = path.display().to_string().into();
+        let forced_threads = std::env::var("TANDEM_IO").is_ok_and(|v| v == "threads");
+        let ring = if forced_threads {
+            tracing::info!(disk = %name, "backing IO: pread/pwrite on a thread pool (TANDEM_IO=threads)");
+            None
+        } else {
+            match start_ring(file.clone()) {
+                Ok(r) => {
+                    tracing::info!(disk = %name, "backing IO: io_uring, batched submission");
+                    Some(Arc::new(r))
+                }
+                Err(e) => {
+                    tracing::warn!(disk = %name, "io_uring is unavailable ({e}); backing IO falls back to pread/pwrite");
+                    None
+                }
+            }
+        };
         Ok(Backing {
-            file: Arc::new(file),
-            path: path.display().to_string().into(),
+            file,
+            path: name,
+            ring,
         })
+    }
+
+    /// The engine in use.
+    pub fn engine(&self) -> Engine {
+        if self.ring.is_some() {
+            Engine::IoUring
+        } else {
+            Engine::Threads
+        }
     }
 
     /// The path, for logs.
@@ -40,8 +134,38 @@ impl Backing {
         &self.path
     }
 
-    /// Writes `data` at `offset`; with `fua`, fdatasync before returning.
+    async fn ring_op(
+        &self,
+        ring: &RingHandle,
+        kind: Kind,
+        offset: u64,
+    ) -> Result<Option<Bytes>, i32> {
+        let (reply, rx) = oneshot::channel();
+        ring.0.queue.lock().expect("ring queue").push(Op {
+            kind,
+            offset,
+            reply,
+        });
+        ring.0.wake();
+        rx.await.unwrap_or(Err(libc::EIO))
+    }
+
+    /// Writes `data` at `offset`; with `fua`, stable before returning.
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), i32> {
+        if let Some(ring) = &self.ring {
+            return self
+                .ring_op(
+                    ring,
+                    Kind::Write {
+                        buf: data,
+                        done: 0,
+                        fua,
+                    },
+                    offset,
+                )
+                .await
+                .map(|_| ());
+        }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             file.write_all_at(&data, offset).map_err(|e| errno(&e))?;
@@ -56,6 +180,13 @@ impl Backing {
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, i32> {
+        if let Some(ring) = &self.ring {
+            let buf = vec![0u8; len as usize];
+            return self
+                .ring_op(ring, Kind::Read { buf, done: 0 }, offset)
+                .await
+                .and_then(|b| b.ok_or(libc::EIO));
+        }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len as usize];
@@ -69,9 +200,220 @@ impl Backing {
 
     /// fdatasync.
     pub async fn flush(&self) -> Result<(), i32> {
+        if let Some(ring) = &self.ring {
+            return self.ring_op(ring, Kind::Flush, 0).await.map(|_| ());
+        }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || file.sync_data().map_err(|e| errno(&e)))
             .await
             .unwrap_or(Err(libc::EIO))
+    }
+}
+
+fn start_ring(file: Arc<File>) -> std::io::Result<RingHandle> {
+    let ring = IoUring::new(RING_ENTRIES)?;
+    // SAFETY: eventfd(2) with valid flags; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Vec::new()),
+        eventfd,
+        closed: AtomicBool::new(false),
+    });
+    let thread_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("tandem-uring".into())
+        .spawn(move || ring_thread(ring, file, thread_shared))?;
+    Ok(RingHandle(shared))
+}
+
+/// The sqe for `op` (or its remainder after a short transfer).
+fn sqe(fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue::Entry {
+    let fd = types::Fd(fd);
+    match &mut op.kind {
+        Kind::Write { buf, done, fua } => {
+            let rest = &buf[*done..];
+            let len = u32::try_from(rest.len()).expect("writes are at most 32 MiB");
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            opcode::Write::new(fd, rest.as_ptr(), len)
+                .offset(op.offset + *done as u64)
+                .rw_flags(flags)
+                .build()
+                .user_data(slot)
+        }
+        Kind::Read { buf, done } => {
+            let rest = &mut buf[*done..];
+            let len = u32::try_from(rest.len()).expect("reads are at most 32 MiB");
+            opcode::Read::new(fd, rest.as_mut_ptr(), len)
+                .offset(op.offset + *done as u64)
+                .build()
+                .user_data(slot)
+        }
+        Kind::Flush => opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(slot),
+    }
+}
+
+fn ring_thread(mut ring: IoUring, file: Arc<File>, shared: Arc<Shared>) {
+    let fd = file.as_raw_fd();
+    let mut slots: Vec<Option<Op>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut waiting: VecDeque<usize> = VecDeque::new();
+    let mut in_flight = 0usize;
+    let mut wake_buf = [0u8; 8];
+    let mut wake_armed = false;
+    loop {
+        if !wake_armed {
+            let e = opcode::Read::new(
+                types::Fd(shared.eventfd.as_raw_fd()),
+                wake_buf.as_mut_ptr(),
+                8,
+            )
+            .build()
+            .user_data(WAKE);
+            // SAFETY: `wake_buf` lives for the whole thread, so the kernel writes into valid
+            // memory whenever this read completes.
+            if unsafe { ring.submission().push(&e) }.is_ok() {
+                wake_armed = true;
+            }
+        }
+        // Push whatever fits; the rest waits for completions to free the queue.
+        while let Some(&slot) = waiting.front() {
+            let op = slots[slot].as_mut().expect("waiting slot holds an op");
+            let e = sqe(fd, op, slot as u64);
+            // SAFETY: the op (and so its buffer) stays in `slots` until its completion is
+            // reaped, so the pointers in the sqe stay valid while the kernel uses them.
+            if unsafe { ring.submission().push(&e) }.is_err() {
+                break;
+            }
+            waiting.pop_front();
+            in_flight += 1;
+        }
+        if shared.closed.load(Ordering::Acquire) && in_flight == 0 && waiting.is_empty() {
+            return;
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            tracing::error!("io_uring submit failed: {e}");
+            for slot in waiting.drain(..) {
+                if let Some(op) = slots[slot].take() {
+                    let _ = op.reply.send(Err(libc::EIO));
+                }
+            }
+            return;
+        }
+        let done: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in done {
+            if ud == WAKE {
+                wake_armed = false;
+                let ops = std::mem::take(&mut *shared.queue.lock().expect("ring queue"));
+                for op in ops {
+                    let slot = free.pop().unwrap_or_else(|| {
+                        slots.push(None);
+                        slots.len() - 1
+                    });
+                    slots[slot] = Some(op);
+                    waiting.push_back(slot);
+                }
+                continue;
+            }
+            in_flight -= 1;
+            let slot = usize::try_from(ud).expect("slot index");
+            let op = slots[slot].as_mut().expect("completed slot holds an op");
+            let finished = if res < 0 {
+                Some(Err(-res))
+            } else {
+                let n = usize::try_from(res).expect("non-negative");
+                match &mut op.kind {
+                    Kind::Write { buf, done, .. } => {
+                        *done += n;
+                        (n == 0 || *done >= buf.len()).then(|| {
+                            if n == 0 {
+                                Err(libc::EIO)
+                            } else {
+                                Ok(None)
+                            }
+                        })
+                    }
+                    Kind::Read { buf, done } => {
+                        *done += n;
+                        if n == 0 {
+                            Some(Err(libc::EIO))
+                        } else if *done >= buf.len() {
+                            Some(Ok(Some(Bytes::from(std::mem::take(buf)))))
+                        } else {
+                            None
+                        }
+                    }
+                    Kind::Flush => Some(Ok(None)),
+                }
+            };
+            match finished {
+                Some(result) => {
+                    let op = slots[slot].take().expect("slot holds an op");
+                    let _ = op.reply.send(result);
+                    free.push(slot);
+                }
+                // A short transfer: submit the rest.
+                None => waiting.push_back(slot),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exercise(b: &Backing) {
+        let data = Bytes::from((0..(1 << 20)).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let writes: Vec<_> = (0..16u64)
+            .map(|k| b.write(k << 20, data.clone(), k % 4 == 0))
+            .collect();
+        for w in writes {
+            w.await.unwrap();
+        }
+        b.flush().await.unwrap();
+        for k in [0u64, 7, 15] {
+            assert_eq!(b.read(k << 20, 1 << 20).await.unwrap(), data);
+        }
+        assert_eq!(
+            b.read(17 << 20, 4096).await,
+            Err(libc::EIO),
+            "reading past the end fails"
+        );
+    }
+
+    #[test]
+    fn both_engines_write_read_and_flush() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.img");
+        File::create(&path).unwrap().set_len(16 << 20).unwrap();
+        rt.block_on(async {
+            let ring = Backing::open(&path).unwrap();
+            assert_eq!(ring.engine(), Engine::IoUring, "this machine has io_uring");
+            exercise(&ring).await;
+            let threads = Backing {
+                ring: None,
+                ..ring.clone()
+            };
+            exercise(&threads).await;
+        });
     }
 }
