@@ -14,6 +14,8 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+pub use crate::Power;
+
 /// The actions every agent offers, in fence-agents' order.
 pub const ACTIONS: [&str; 9] = [
     "on",
@@ -386,24 +388,6 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// A port's (or node's) power state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Power {
-    /// On.
-    On,
-    /// Off.
-    Off,
-}
-
-impl Power {
-    fn upper(self) -> &'static str {
-        match self {
-            Power::On => "ON",
-            Power::Off => "OFF",
-        }
-    }
 }
 
 /// One outlet for list and list-status.

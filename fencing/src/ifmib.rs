@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::snmp::ber::{Oid, Value};
 use crate::snmp::client::{Client, SnmpError};
+pub use crate::Power;
 
 /// IF-MIB::ifDescr.
 pub const IF_DESCR: &str = "1.3.6.1.2.1.2.2.1.2";
@@ -19,29 +20,10 @@ pub const STATUS_UP: i32 = 1;
 /// ifAdminStatus down.
 pub const STATUS_DOWN: i32 = 2;
 
-/// A port's power state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Power {
-    /// ifAdminStatus up.
-    On,
-    /// Anything else.
-    Off,
-}
-
-impl Power {
-    /// "on" or "off".
-    pub fn name(self) -> &'static str {
-        match self {
-            Power::On => "on",
-            Power::Off => "off",
-        }
-    }
-
-    fn admin_status(self) -> i32 {
-        match self {
-            Power::On => STATUS_UP,
-            Power::Off => STATUS_DOWN,
-        }
+fn admin_status(power: Power) -> i32 {
+    match power {
+        Power::On => STATUS_UP,
+        Power::Off => STATUS_DOWN,
     }
 }
 
@@ -135,7 +117,7 @@ pub fn status(client: &mut Client, index: u32) -> Result<Power, IfMibError> {
 /// Sets a port's ifAdminStatus.
 pub fn set(client: &mut Client, index: u32, want: Power) -> Result<(), IfMibError> {
     let target = oid(IF_ADMIN_STATUS).child(index);
-    client.set(vec![(target, Value::Integer(want.admin_status()))])?;
+    client.set(vec![(target, Value::Integer(admin_status(want)))])?;
     Ok(())
 }
 
@@ -222,7 +204,7 @@ mod tests {
         assert_eq!(find_port("node0", &rows), Some(7));
         assert_eq!(find_port("3", &rows), Some(3));
         assert_eq!(find_port("node", &rows), None);
-        assert_eq!(Power::On.admin_status(), 1);
-        assert_eq!(Power::Off.admin_status(), 2);
+        assert_eq!(admin_status(Power::On), 1);
+        assert_eq!(admin_status(Power::Off), 2);
     }
 }

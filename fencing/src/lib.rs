@@ -16,3 +16,37 @@ pub mod ifmib;
 pub mod sbd;
 pub mod snmp;
 pub mod watchdog;
+
+/// A node's (or a switch port's) power state, as fence agents report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+impl Power {
+    /// "on" or "off".
+    pub fn name(self) -> &'static str {
+        match self {
+            Power::On => "on",
+            Power::Off => "off",
+        }
+    }
+
+    /// "ON" or "OFF", as fence agents print it.
+    pub fn upper(self) -> &'static str {
+        match self {
+            Power::On => "ON",
+            Power::Off => "OFF",
+        }
+    }
+}
+
+/// This host's name (the default node name, as sbd's `uname -n`).
+pub fn hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string())
+}

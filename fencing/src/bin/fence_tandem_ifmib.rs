@@ -77,25 +77,14 @@ impl Switch {
     }
 }
 
-fn power(p: ifmib::Power) -> Power {
-    match p {
-        ifmib::Power::On => Power::On,
-        ifmib::Power::Off => Power::Off,
-    }
-}
-
 impl FenceDevice for Switch {
     fn status(&mut self, plug: &str) -> anyhow::Result<Power> {
         let i = self.index(plug)?;
-        Ok(power(ifmib::status(&mut self.client, i)?))
+        Ok(ifmib::status(&mut self.client, i)?)
     }
 
     fn set(&mut self, plug: &str, want: Power) -> anyhow::Result<()> {
         let i = self.index(plug)?;
-        let want = match want {
-            Power::On => ifmib::Power::On,
-            Power::Off => ifmib::Power::Off,
-        };
         Ok(ifmib::set(&mut self.client, i, want)?)
     }
 
@@ -107,7 +96,7 @@ impl FenceDevice for Switch {
                 status: statuses
                     .iter()
                     .find(|(i, _)| *i == p.index)
-                    .map(|(_, s)| power(*s)),
+                    .map(|(_, s)| *s),
                 id: p.descr,
                 alias: p.alias,
             })

@@ -103,12 +103,6 @@ impl FenceDevice for Sbd {
     }
 }
 
-fn hostname() -> anyhow::Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
-        .trim()
-        .to_string())
-}
-
 fn connect(opts: &Options) -> anyhow::Result<Box<dyn FenceDevice>> {
     let devices: Vec<PathBuf> = opts
         .need("devices")
@@ -124,7 +118,7 @@ fn connect(opts: &Options) -> anyhow::Result<Box<dyn FenceDevice>> {
     );
     let sender = match opts.get("sender") {
         Some(s) => s.to_string(),
-        None => hostname()?,
+        None => fencing::hostname()?,
     };
     Ok(Box::new(Sbd {
         devices,

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use fencing::ifmib::{self, Power};
+use fencing::ifmib;
 use fencing::sbd::format::{Command, NodeName, SectorSize, Timeouts, Uuid};
 use fencing::sbd::ops::{self, Allocated, DeviceOptions};
 use fencing::sbd::watch::{watch, WatchOptions};
 use fencing::sbd::watcher::StartMode;
 use fencing::snmp::client::{Client, Security};
 use fencing::watchdog::{self, LinuxWatchdog, TestWatchdog, Watchdog};
+use fencing::Power;
 
 /// The most devices sbd accepts, and so do we.
 const MAX_DEVICES: usize = 3;
@@ -183,16 +184,10 @@ enum SbdAction {
     Watch,
 }
 
-fn hostname() -> anyhow::Result<String> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("cannot read the hostname; give --node NAME")?;
-    Ok(text.trim().to_string())
-}
-
 fn node_name(cli_node: &Option<String>) -> anyhow::Result<NodeName> {
     let name = match cli_node {
         Some(n) => n.clone(),
-        None => hostname()?,
+        None => fencing::hostname().context("cannot read the hostname; give --node NAME")?,
     };
     Ok(NodeName::new(&name)?)
 }
@@ -364,7 +359,7 @@ fn ifmib(args: IfmibArgs) -> anyhow::Result<ExitCode> {
         }
         IfmibAction::Status => {
             let power = ifmib::status(&mut client, index)?;
-            println!("Status: {}", power.name().to_uppercase());
+            println!("Status: {}", power.upper());
             // As fence agents: 2 means "off".
             return Ok(if power == Power::On {
                 ExitCode::SUCCESS

@@ -16,8 +16,7 @@ use super::device::SbdDevice;
 use super::format::{Header, Mailbox, NodeName, Slot};
 use super::ops::{self, DeviceOptions};
 use super::watcher::{
-    check_consistent, check_watch_timing, may_start, Action, DiskReport, FenceReason, StartMode,
-    State, Watcher,
+    check_watch_timing, may_start, Action, DiskReport, FenceReason, StartMode, State, Watcher,
 };
 use super::SbdError;
 use crate::watchdog::Watchdog;
@@ -161,22 +160,23 @@ pub fn watch(
     mut stop: impl FnMut() -> bool,
 ) -> Result<(), WatchError> {
     assert!(!paths.is_empty(), "watch needs at least one device");
-    let mut started = Vec::with_capacity(paths.len());
-    for path in paths {
-        let disk = start_disk(path, opts)?;
-        if let Some(first) = started.first() {
-            let first: &Started = first;
-            check_consistent(
-                disk.dev.path(),
-                &first.header.timeouts,
-                &disk.header.timeouts,
-            )
-            .map_err(SbdError::from)?;
-        }
-        started.push(disk);
-    }
-    let timeouts = started[0].header.timeouts;
-    check_watch_timing(&timeouts, opts.device.io_timeout).map_err(SbdError::from)?;
+    let started = paths
+        .iter()
+        .map(|path| start_disk(path, opts))
+        .collect::<Result<Vec<Started>, WatchError>>()?;
+    // The watcher checks the timeouts (rules, and the same on every disk) before the watchdog is
+    // armed. Its clock starts before the first feed, which only makes it fence earlier.
+    let epoch = Instant::now();
+    let mut watcher = Watcher::new(
+        started
+            .iter()
+            .map(|d| (d.header, d.entry.clone()))
+            .collect(),
+        opts.device.io_timeout,
+        epoch.elapsed(),
+    )
+    .map_err(SbdError::from)?;
+    let timeouts = watcher.timeouts();
 
     let mut watchdog = open_watchdog().map_err(WatchError::Watchdog)?;
     let set = watchdog
@@ -190,16 +190,6 @@ pub fn watch(
     }
     watchdog.keepalive().map_err(WatchError::Watchdog)?;
 
-    let epoch = Instant::now();
-    let mut watcher = Watcher::new(
-        started
-            .iter()
-            .map(|d| (d.header, d.entry.clone()))
-            .collect(),
-        opts.device.io_timeout,
-        epoch.elapsed(),
-    )
-    .map_err(SbdError::from)?;
     let every = Duration::from_secs(u64::from(timeouts.loop_s));
     let (report_tx, reports) = mpsc::channel();
     let mut servants = Vec::new();
