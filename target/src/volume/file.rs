@@ -486,6 +486,15 @@ mod tests {
     }
 
     #[test]
+    fn file_volume_passes_the_conformance_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileVolume::open(&sparse(&dir, 8 * MIB), false).unwrap();
+        rt().block_on(async {
+            crate::volume::conformance::check(&v).await.unwrap();
+        });
+    }
+
+    #[test]
     fn read_only_volumes_refuse_writes() {
         let dir = tempfile::tempdir().unwrap();
         let v = FileVolume::open(&sparse(&dir, MIB), true).unwrap();

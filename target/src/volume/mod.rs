@@ -12,6 +12,7 @@
 //! Bounds are checked by the protocol layer before a volume sees a request; implementations
 //! still refuse out-of-range requests with [`VolumeError::OutOfRange`] rather than trusting it.
 
+pub mod conformance;
 mod file;
 
 pub use file::FileVolume;
