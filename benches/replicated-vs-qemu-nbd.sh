@@ -83,7 +83,7 @@ for proto in $PROTOCOLS; do
     cat >"$d/tandem.conf" <<CONF
 resource r0 {
     net { protocol $proto; max-buffers 8k; }
-    disk { c-plan-ahead 0; resync-rate 4G; }
+    disk { c-plan-ahead 0; resync-rate 4G; ${EXTRA_DISK:-} }
     on alpha { disk $d/alpha.img; meta-disk internal; address 127.0.0.1:$port; export { nbd 127.0.0.1:10830; } }
     on beta  { disk $d/beta.img;  meta-disk internal; address 127.0.0.2:$port; export { nbd 127.0.0.2:10830; } }
 }

@@ -1218,10 +1218,10 @@ impl Node {
                 result: Ok(()),
             });
         }
-        // A write the application saw complete never shares an epoch with a later one.
-        if self.tl.back().is_some_and(|e| e.nr == self.cur_epoch) {
-            self.epoch_closed = true;
-        }
+        // Epochs close at client flushes (and FUA), not at every completion as DRBD 8.4 does:
+        // the export advertises a volatile write cache, so a client may rely on ordering only
+        // across a flush, and the Secondary's disk after a crash is a state a disk with a
+        // volatile cache could have had. This keeps the Secondary from flushing per write.
         self.start_waiting();
     }
 
