@@ -13,6 +13,8 @@ TANDEM_APT_PACKAGES=(
     snmpd           # net-snmp agent: the "switch" in the IF-MIB fencing tests
     fence-agents    # metadata.rng: the schema the fence agents' metadata must validate against
     libxml2-utils   # xmllint: validates that metadata
+    libiscsi-dev    # libiscsi: SBD over iSCSI without a kernel initiator (fencing links it)
+    tgt             # tgtd: the iSCSI target serving the SBD LUN in the tests
     libnbd-bin      # nbdinfo, nbdcopy, nbdfuse: NBD interop
     qemu-utils      # qemu-img, qemu-nbd: NBD interop and the NBD benchmark's peer
     fio             # fio --ioengine=nbd: NBD verify and benchmark

@@ -2,14 +2,17 @@
 //! with a long sleep in it) and feeds the test watchdog, which kills the whole group when it is
 //! not fed, as a hardware watchdog resets a machine. A `reset` written from outside (by
 //! `fencectl` or by ClusterLabs `sbd`), or the disk going away, kills the node; `exit` stops the
-//! watcher cleanly and the node lives on; `test` is acknowledged.
+//! watcher cleanly and the node lives on; `test` is acknowledged. The same over iSCSI (libiscsi,
+//! CHAP) against tgtd, including the storage going away.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tandem_tests::{bin, run_fails, run_ok, sparse_file, tool, wait_for, ChildGuard, LoopDevice};
+use tandem_tests::{
+    bin, run_fails, run_ok, sparse_file, tool, wait_for, ChildGuard, LoopDevice, Netns,
+};
 
 /// Watchdog 1 s, loop 1 s, msgwait 3 s: with a 1 s I/O timeout the watcher's rule
 /// msgwait >= watchdog + loop + I/O holds.
@@ -345,4 +348,188 @@ fn fence_tandem_sbd_reboot_resets_the_node() {
         run_ok(fencectl("beta", &disk.dev.path).arg("list")),
         "0\talpha\treset\tbeta\n"
     );
+}
+
+// --- SBD over iSCSI (libiscsi, no kernel initiator), against tgtd ---
+
+const IQN: &str = "iqn.2026-11.org.tandem:sbd";
+const CHAP_USER: &str = "fencer";
+const CHAP_SECRET: &str = "secretpass12";
+
+/// tgtd serving an 8 MiB sparse file as LUN 1 with CHAP, in its own network namespace (so
+/// it listens on that namespace's 127.0.0.1:3260 only). Killed on drop.
+struct Storage {
+    tgtd: Option<ChildGuard>,
+    ns: Netns,
+    control: u32,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.tgtd.take();
+        for f in ["", ".lock"] {
+            let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}{f}", self.control));
+        }
+    }
+}
+
+impl Storage {
+    fn new(tag: u32) -> Storage {
+        let pid = std::process::id();
+        let ns = Netns::new(&format!("tdm-st{tag}-{pid}"));
+        // tgtd's control socket is global (/var/run/tgtd/socket.N, N below 32768): one per test.
+        let control = 1000 + (pid % 7_000) * 4 + tag;
+        let dir = tempfile::tempdir().unwrap();
+        sparse_file(dir.path(), "lun.img", 8 << 20);
+        let tgtd = ns
+            .cmd(tool("tgtd", "tgt"))
+            .args(["-f", "-C", &control.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tgtd");
+        let s = Storage {
+            tgtd: Some(ChildGuard(tgtd)),
+            ns,
+            control,
+            dir,
+        };
+        wait_for("tgtd to take commands", SOON, || {
+            s.tgtadm(&["--op", "show", "--mode", "sys"])
+                .status
+                .success()
+                .then_some(())
+        });
+        let lun = s.dir.path().join("lun.img");
+        for args in [
+            vec!["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN],
+            vec![
+                "--op",
+                "new",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                "1",
+                "--lun",
+                "1",
+                "-b",
+            ],
+            vec![
+                "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+            ],
+            vec![
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                CHAP_USER,
+                "--password",
+                CHAP_SECRET,
+            ],
+            vec![
+                "--op", "bind", "--mode", "account", "--tid", "1", "--user", CHAP_USER,
+            ],
+        ] {
+            let mut a: Vec<&str> = args;
+            let lun_text = lun.to_str().unwrap();
+            if a.last() == Some(&"-b") {
+                a.push(lun_text);
+            }
+            let out = s.tgtadm(&a);
+            assert!(out.status.success(), "tgtadm {a:?}: {out:?}");
+        }
+        s
+    }
+
+    fn tgtadm(&self, args: &[&str]) -> std::process::Output {
+        Command::new(tool("tgtadm", "tgt"))
+            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .output()
+            .expect("run tgtadm")
+    }
+
+    fn url(&self) -> String {
+        format!("iscsi://{CHAP_USER}%{CHAP_SECRET}@127.0.0.1/{IQN}/1")
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("lun.img")
+    }
+
+    /// `fencectl --node NODE sbd -d URL ...` inside the storage namespace.
+    fn fencectl(&self, node: &str, url: &str) -> Command {
+        let mut c = self.ns.cmd(bin("fencectl"));
+        c.env("TANDEM_LOG", "warn")
+            .args(["--node", node, "sbd", "-d", url]);
+        c
+    }
+}
+
+#[test]
+fn sbd_over_iscsi_with_chap() {
+    let st = Storage::new(1);
+    let url = st.url();
+    run_ok(st.fencectl("beta", &url).args(QUICK).arg("create"));
+    run_ok(st.fencectl("beta", &url).args(["allocate", "alpha"]));
+    run_ok(st.fencectl("beta", &url).args(["message", "alpha", "test"]));
+    let list = run_ok(st.fencectl("beta", &url).arg("list"));
+    assert_eq!(list, "0\talpha\ttest\tbeta\n");
+    // What went over iSCSI is on the LUN's backing file, where ClusterLabs sbd reads it too.
+    let file = st.file();
+    assert_eq!(run_ok(fencectl("beta", &file).arg("list")), list);
+    let dev = LoopDevice::attach(&file);
+    assert_eq!(
+        run_ok(
+            Command::new(tool("sbd", "sbd"))
+                .arg("-d")
+                .arg(&dev.path)
+                .arg("list")
+        ),
+        list
+    );
+    let dump = run_ok(st.fencectl("beta", &url).arg("dump"));
+    assert!(dump.contains("Sector size        : 512\n"), "{dump}");
+    assert!(
+        !dump.contains(CHAP_SECRET),
+        "the CHAP secret must not be printed"
+    );
+    // A wrong secret: one clear line, exit 1, and no secret in it.
+    let bad = format!("iscsi://{CHAP_USER}%wrongsecret99@127.0.0.1/{IQN}/1");
+    let err = run_fails(st.fencectl("beta", &bad).arg("list"));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("Authentication failure"), "{err}");
+    assert!(!err.contains("wrongsecret99"), "{err}");
+}
+
+#[test]
+fn watcher_over_iscsi_dies_when_the_lun_goes_away() {
+    let mut st = Storage::new(2);
+    let url = st.url();
+    run_ok(st.fencectl("beta", &url).args(QUICK).arg("create"));
+    let mut node = Node::new();
+    let mut watcher = ChildGuard(
+        st.fencectl("alpha", &url)
+            .args(["-I", "1", "--watchdog", &format!("test:{}", node.pgid)])
+            .arg("watch")
+            .env("TANDEM_LOG", "info")
+            .stdin(Stdio::null())
+            .process_group(node.pgid)
+            .spawn()
+            .expect("spawn fencectl watch"),
+    );
+    wait_for("the watcher to take its slot", SOON, || {
+        assert!(alive(&mut watcher.0), "the watcher exited during start-up");
+        let list = run_ok(fencectl("beta", &st.file()).arg("list"));
+        list.contains("alpha\tclear").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(alive(&mut watcher.0) && alive(&mut node.sleeper.0));
+    // The storage node dies: the watcher's reads hang or fail, and the node is reset.
+    st.tgtd.take();
+    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
+    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
 }

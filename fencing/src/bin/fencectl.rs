@@ -67,7 +67,8 @@ enum Top {
 
 #[derive(clap::Args)]
 struct SbdArgs {
-    /// An SBD device (block device or file); up to three, messages need more than half.
+    /// An SBD device: a block device, a file, or iscsi://[USER%PASSWORD@]HOST[:PORT]/IQN/LUN;
+    /// up to three, messages need more than half.
     #[arg(short = 'd', value_name = "DEV", required = true)]
     devices: Vec<PathBuf>,
     /// Watchdog timeout in seconds (create).
@@ -218,7 +219,7 @@ fn sbd(args: SbdArgs, node: &Option<String>) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| watchdog_s.saturating_mul(2)),
             };
             for path in &args.devices {
-                writeln!(out, "Initializing device {}", path.display())?;
+                writeln!(out, "Initializing device {}", shown(path))?;
                 let dev = options.open(path)?;
                 let uuid = Uuid::random();
                 writeln!(
@@ -239,11 +240,11 @@ fn sbd(args: SbdArgs, node: &Option<String>) -> anyhow::Result<ExitCode> {
         }
         SbdAction::Dump => per_device(&args.devices, |path| {
             let header = ops::read_header(&options.open(path)?)?;
-            writeln!(out, "==Dumping header on disk {}", path.display())?;
+            writeln!(out, "==Dumping header on disk {}", shown(path))?;
             for line in ops::dump_lines(&header) {
                 writeln!(out, "{line}")?;
             }
-            writeln!(out, "==Header on disk {} is dumped", path.display())?;
+            writeln!(out, "==Header on disk {} is dumped", shown(path))?;
             Ok(())
         }),
         SbdAction::List => per_device(&args.devices, |path| {
@@ -258,7 +259,7 @@ fn sbd(args: SbdArgs, node: &Option<String>) -> anyhow::Result<ExitCode> {
                 writeln!(
                     out,
                     "Trying to allocate slot for {name} on device {}.",
-                    path.display()
+                    shown(path)
                 )?;
                 let dev = options.open(path)?;
                 let allocated = ops::allocate(
@@ -275,7 +276,7 @@ fn sbd(args: SbdArgs, node: &Option<String>) -> anyhow::Result<ExitCode> {
                 writeln!(
                     out,
                     "Slot for {name} has been allocated on {}.",
-                    path.display()
+                    shown(path)
                 )?;
             }
             Ok(ExitCode::SUCCESS)
@@ -370,6 +371,11 @@ fn ifmib(args: IfmibArgs) -> anyhow::Result<ExitCode> {
         IfmibAction::List => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A device path for output: an iSCSI URL without its CHAP secret.
+fn shown(path: &Path) -> String {
+    fencing::sbd::iscsi::redact(&path.display().to_string())
 }
 
 /// Runs `f` on each device; a failing device is reported on stderr in one line and makes the

@@ -19,6 +19,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 use super::format::{Header, SectorSize, HEADER_BYTES};
+use super::iscsi::{redact, IscsiLun, IscsiUrl};
 use super::SbdError;
 
 /// `O_DIRECT` buffers are aligned to this (the largest logical sector size we accept).
@@ -71,8 +72,32 @@ pub struct SbdDevice {
     requests: Sender<Request>,
 }
 
+/// Where the sectors are.
+enum Backend {
+    /// A regular file or a block device.
+    File(File),
+    /// An iSCSI LUN through libiscsi.
+    Iscsi(IscsiLun),
+}
+
+impl Backend {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Backend::File(f) => f.read_exact_at(buf, offset),
+            Backend::Iscsi(l) => l.read_at(buf, offset),
+        }
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Backend::File(f) => f.write_all_at(buf, offset),
+            Backend::Iscsi(l) => l.write_at(buf, offset),
+        }
+    }
+}
+
 struct Opened {
-    file: File,
+    backend: Backend,
     sector_size: SectorSize,
     size_bytes: u64,
 }
@@ -85,7 +110,7 @@ impl SbdDevice {
         file_sector_size: Option<SectorSize>,
         io_timeout: Duration,
     ) -> Result<SbdDevice, SbdError> {
-        let name = path.display().to_string();
+        let name = redact(&path.display().to_string());
         let (opened_tx, opened_rx) = mpsc::channel();
         let (requests, queue) = mpsc::channel();
         let owned: PathBuf = path.to_path_buf();
@@ -95,7 +120,7 @@ impl SbdDevice {
             .spawn(move || match open_file(&owned, file_sector_size) {
                 Ok(opened) => {
                     let _ = opened_tx.send(Ok((opened.sector_size, opened.size_bytes)));
-                    serve(opened.file, opened.sector_size, queue);
+                    serve(opened.backend, opened.sector_size, queue);
                 }
                 Err(e) => {
                     let _ = opened_tx.send(Err(e));
@@ -104,7 +129,7 @@ impl SbdDevice {
             .map_err(|source| SbdError::Io {
                 op: "start the I/O thread for",
                 path: thread_name,
-                source,
+                error: source,
             })?;
         let (sector_size, size_bytes) = match opened_rx.recv_timeout(io_timeout) {
             Ok(r) => r?,
@@ -180,7 +205,7 @@ impl SbdDevice {
                 op,
                 sector,
                 path: self.path.clone(),
-                source,
+                error: source,
             }),
             Err(RecvTimeoutError::Timeout) => Err(SbdError::Timeout {
                 op,
@@ -191,20 +216,20 @@ impl SbdDevice {
                 op,
                 sector,
                 path: self.path.clone(),
-                source: std::io::Error::other("the device's I/O thread has stopped"),
+                error: std::io::Error::other("the device's I/O thread has stopped"),
             }),
         }
     }
 }
 
 /// The I/O thread: answers requests until the device handle is dropped.
-fn serve(file: File, size: SectorSize, queue: Receiver<Request>) {
+fn serve(mut backend: Backend, size: SectorSize, queue: Receiver<Request>) {
     let bytes = u64::from(size.bytes());
     for request in queue {
         match request {
             Request::Read { sector, reply } => {
                 let mut buf = Aligned::zeroed(size.bytes_usize());
-                let r = file
+                let r = backend
                     .read_exact_at(buf.as_mut_slice(), sector * bytes)
                     .map(|()| buf.as_slice().to_vec());
                 let _ = reply.send(r);
@@ -216,20 +241,52 @@ fn serve(file: File, size: SectorSize, queue: Receiver<Request>) {
             } => {
                 let mut buf = Aligned::zeroed(data.len());
                 buf.as_mut_slice().copy_from_slice(&data);
-                let _ = reply.send(file.write_all_at(buf.as_slice(), sector * bytes));
+                let _ = reply.send(backend.write_all_at(buf.as_slice(), sector * bytes));
             }
         }
     }
 }
 
+/// The initiator name tandem logs in to iSCSI targets with.
+fn initiator_name() -> String {
+    let host = crate::hostname().unwrap_or_else(|_| "unknown".into());
+    format!("iqn.2026-11.org.tandem:initiator.{host}")
+}
+
+fn open_iscsi(text: &str) -> Result<Opened, SbdError> {
+    let name = redact(text);
+    let url = IscsiUrl::parse(text).map_err(|e| SbdError::Io {
+        op: "parse",
+        path: name.clone(),
+        error: std::io::Error::other(e),
+    })?;
+    let lun = IscsiLun::connect(&url, &initiator_name()).map_err(|source| SbdError::Io {
+        op: "connect to",
+        path: name.clone(),
+        error: source,
+    })?;
+    let sector_size = SectorSize::new(lun.block_bytes).map_err(|source| SbdError::Format {
+        path: name,
+        error: source,
+    })?;
+    Ok(Opened {
+        sector_size,
+        size_bytes: lun.size_bytes,
+        backend: Backend::Iscsi(lun),
+    })
+}
+
 fn open_file(path: &Path, file_sector_size: Option<SectorSize>) -> Result<Opened, SbdError> {
+    if let Some(text) = path.to_str().filter(|t| IscsiUrl::is_url(t)) {
+        return open_iscsi(text);
+    }
     let name = path.display().to_string();
     let io = |op: &'static str| {
         let name = name.clone();
         move |source| SbdError::Io {
             op,
             path: name,
-            source,
+            error: source,
         }
     };
     let meta = std::fs::metadata(path).map_err(io("open"))?;
@@ -258,13 +315,13 @@ fn open_file(path: &Path, file_sector_size: Option<SectorSize>) -> Result<Opened
         let raw = block_sector_size(&file).map_err(io("get the sector size (BLKSSZGET) of"))?;
         SectorSize::new(raw).map_err(|source| SbdError::Format {
             path: name.clone(),
-            source,
+            error: source,
         })?
     } else {
         file_sector_size.unwrap_or_else(|| header_sector_size(&file).unwrap_or(SectorSize::S512))
     };
     Ok(Opened {
-        file,
+        backend: Backend::File(file),
         sector_size,
         size_bytes,
     })

@@ -1,13 +1,15 @@
 //! SBD: storage-based death, on-disk compatible with ClusterLabs sbd 1.5.
 //!
 //! - [`format`]: the sectors (header, slots, mailboxes) as pure encode/decode.
-//! - [`device`]: the thin driver doing sector I/O with an I/O timeout.
+//! - [`device`]: the thin driver doing sector I/O with an I/O timeout, on a file, a block device
+//!   or (through [`iscsi`]) an iSCSI LUN.
 //! - [`ops`]: what `create`, `dump`, `list`, `allocate` and `message` do on one device, and
 //!   the messenger that delivers a message to a majority of several devices.
 //! - [`watcher`]: the watcher's decisions (pure, time passed in) and [`watch`], its driver.
 
 pub mod device;
 pub mod format;
+pub mod iscsi;
 pub mod ops;
 pub mod watch;
 pub mod watcher;
@@ -20,17 +22,17 @@ use format::FormatError;
 #[derive(Debug, thiserror::Error)]
 pub enum SbdError {
     /// An I/O call on the device failed.
-    #[error("cannot {op} {path}: {source}")]
+    #[error("cannot {op} {path}: {error}")]
     Io {
         /// What was being done.
         op: &'static str,
         /// The device.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A sector read or write failed.
-    #[error("cannot {op} sector {sector} of {path}: {source}")]
+    #[error("cannot {op} sector {sector} of {path}: {error}")]
     SectorIo {
         /// "read" or "write".
         op: &'static str,
@@ -39,7 +41,7 @@ pub enum SbdError {
         /// The device.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The device did not answer within the I/O timeout.
     #[error("{path} did not complete a {op} within {timeout:?} (I/O timeout)")]
@@ -58,22 +60,22 @@ pub enum SbdError {
         path: String,
     },
     /// A sector of the device does not decode.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Format {
         /// The device.
         path: String,
         /// What is wrong.
-        source: FormatError,
+        error: FormatError,
     },
     /// A slot or mailbox sector does not decode.
-    #[error("{path}: slot {slot}: {source}")]
+    #[error("{path}: slot {slot}: {error}")]
     Slot {
         /// The device.
         path: String,
         /// The slot.
         slot: u8,
         /// What is wrong.
-        source: FormatError,
+        error: FormatError,
     },
     /// The device cannot hold the header and all slots.
     #[error("{path} is {size_bytes} bytes; SBD needs {need_bytes} bytes ({sectors} sectors of {sector_size})")]
@@ -135,6 +137,6 @@ pub enum SbdError {
         failures: String,
     },
     /// The header's timeouts break a safety rule.
-    #[error("{0}")]
+    #[error(transparent)]
     Timeouts(#[from] watcher::TimeoutError),
 }

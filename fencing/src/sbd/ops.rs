@@ -54,7 +54,7 @@ pub fn read_header(dev: &SbdDevice) -> Result<Header, SbdError> {
     let sector = dev.read_sector(0)?;
     Header::decode(&sector, dev.sector_size()).map_err(|source| SbdError::Format {
         path: dev.path().to_string(),
-        source,
+        error: source,
     })
 }
 
@@ -96,7 +96,7 @@ fn slot_error(dev: &SbdDevice, slot: u8, source: super::format::FormatError) -> 
     SbdError::Slot {
         path: dev.path().to_string(),
         slot,
-        source,
+        error: source,
     }
 }
 

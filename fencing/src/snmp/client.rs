@@ -111,20 +111,20 @@ pub enum SnmpError {
         timeout: Duration,
     },
     /// A socket error.
-    #[error("SNMP to {peer}: {source}")]
+    #[error("SNMP to {peer}: {error}")]
     Io {
         /// The agent.
         peer: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The agent's answer does not decode.
-    #[error("bad answer from {peer}: {source}")]
+    #[error("bad answer from {peer}: {error}")]
     Malformed {
         /// The agent.
         peer: SocketAddr,
         /// What is wrong.
-        source: BerError,
+        error: BerError,
     },
     /// The agent answered with an error status.
     #[error("{peer} refused the request: {name} ({status}) on {oid}")]
@@ -180,7 +180,7 @@ impl Client {
     pub fn new(host: &str, port: u16, security: Security) -> Result<Client, SnmpError> {
         let io = |source| SnmpError::Io {
             peer: format!("{host}:{port}"),
-            source,
+            error: source,
         };
         let peer = (host, port)
             .to_socket_addrs()
@@ -228,7 +228,7 @@ impl Client {
             .next()
             .ok_or_else(|| SnmpError::Malformed {
                 peer: self.peer,
-                source: BerError("GETNEXT response without a varbind".into()),
+                error: BerError("GETNEXT response without a varbind".into()),
             })
     }
 
@@ -300,7 +300,7 @@ impl Client {
         let io = |peer: SocketAddr| {
             move |source| SnmpError::Io {
                 peer: peer.to_string(),
-                source,
+                error: source,
             }
         };
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
@@ -335,7 +335,7 @@ impl Client {
                     Err(source) => {
                         return Err(SnmpError::Malformed {
                             peer: self.peer,
-                            source,
+                            error: source,
                         })
                     }
                 }
