@@ -48,16 +48,72 @@ impl Node {
         }
     }
 
-    /// Starts the watcher inside the node's process group, with the test watchdog on it.
-    fn watch(&self, name: &str, dev: &Path, extra: &[&str]) -> ChildGuard {
-        let mut c = fencectl(name, dev);
-        c.args(["-I", "1", "--watchdog", &format!("test:{}", self.pgid)])
-            .args(extra)
+    /// Starts `base` (`fencectl --node alpha sbd -d DEV`) as the watcher inside the node's
+    /// process group with the test watchdog on it, and waits until it has taken its slot (seen
+    /// through `list_dev`) and been fed for a few watchdog timeouts.
+    fn watch(self, mut base: Command, list_dev: &Path) -> Watched {
+        base.args(["-I", "1", "--watchdog", &format!("test:{}", self.pgid)])
             .arg("watch")
             .env("TANDEM_LOG", "info")
             .stdin(Stdio::null())
             .process_group(self.pgid);
-        ChildGuard(c.spawn().expect("spawn fencectl watch"))
+        let mut w = Watched {
+            watcher: ChildGuard(base.spawn().expect("spawn fencectl watch")),
+            node: self,
+        };
+        wait_for("the watcher to take its slot", SOON, || {
+            assert!(
+                alive(&mut w.watcher.0),
+                "the watcher exited during start-up"
+            );
+            let list = run_ok(fencectl("beta", list_dev).arg("list"));
+            list.contains("alpha\tclear").then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            alive(&mut w.watcher.0) && alive(&mut w.node.sleeper.0),
+            "a healthy watcher must keep its node alive"
+        );
+        w
+    }
+}
+
+/// A node with its watcher running.
+struct Watched {
+    node: Node,
+    watcher: ChildGuard,
+}
+
+impl Watched {
+    /// Node `alpha` watching the loop device `dev`.
+    fn start(dev: &Path) -> Watched {
+        Node::new().watch(fencectl("alpha", dev), dev)
+    }
+
+    fn alive(&mut self) -> bool {
+        alive(&mut self.watcher.0) && alive(&mut self.node.sleeper.0)
+    }
+
+    /// The test watchdog must kill the whole node: its sleep and the watcher.
+    fn expect_killed(mut self) {
+        killed_by_sigkill(&mut self.node.sleeper.0, "the node's sleep to be killed");
+        killed_by_sigkill(
+            &mut self.watcher.0,
+            "the watcher to be killed with its node",
+        );
+    }
+
+    /// The watcher must exit 0 and, several watchdog timeouts later, the node still live.
+    fn expect_clean_stop(mut self, why: &str) {
+        let status = wait_for("the watcher to exit", SOON, || {
+            self.watcher.0.try_wait().expect("try_wait")
+        });
+        assert!(status.success(), "watcher after {why}: {status:?}");
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            alive(&mut self.node.sleeper.0),
+            "{why} must disarm the watchdog"
+        );
     }
 }
 
@@ -89,33 +145,13 @@ fn sbd_disk() -> Disk {
     }
 }
 
-/// Waits until the watcher has allocated its slot and cleared its mailbox.
-fn wait_watching(dev: &Path, watcher: &mut ChildGuard) {
-    wait_for("the watcher to take its slot", SOON, || {
-        assert!(alive(&mut watcher.0), "the watcher exited during start-up");
-        let list = run_ok(fencectl("beta", dev).arg("list"));
-        list.contains("alpha\tclear").then_some(())
-    });
-    // A few watchdog timeouts pass: it is being fed.
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        alive(&mut watcher.0),
-        "a healthy watcher must keep its node alive"
-    );
-}
-
 #[test]
 fn reset_from_fencectl_kills_the_node() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
-    assert!(alive(&mut node.sleeper.0));
-
+    let w = Watched::start(&disk.dev.path);
     // msgwait passes inside `message`: by the time it returns the node is meant to be dead.
     run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "reset"]));
-    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
-    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    w.expect_killed();
     assert_eq!(
         run_ok(fencectl("beta", &disk.dev.path).arg("list")),
         "0\talpha\treset\tbeta\n"
@@ -125,25 +161,20 @@ fn reset_from_fencectl_kills_the_node() {
 #[test]
 fn off_from_clusterlabs_sbd_kills_the_node() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
+    let w = Watched::start(&disk.dev.path);
     run_ok(
         Command::new(tool("sbd", "sbd"))
             .arg("-d")
             .arg(&disk.dev.path)
             .args(["-n", "beta", "message", "alpha", "off"]),
     );
-    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
-    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    w.expect_killed();
 }
 
 #[test]
 fn lost_disk_kills_the_node() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
+    let w = Watched::start(&disk.dev.path);
     // The storage goes away: the backing file shrinks to nothing and the loop device with it,
     // so every read fails.
     std::fs::OpenOptions::new()
@@ -156,66 +187,39 @@ fn lost_disk_kills_the_node() {
             .arg("-c")
             .arg(&disk.dev.path),
     );
-    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
-    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    w.expect_killed();
 }
 
 #[test]
 fn exit_stops_cleanly_and_the_node_lives() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
+    let w = Watched::start(&disk.dev.path);
     run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "exit"]));
-    let status = wait_for("the watcher to exit", SOON, || {
-        watcher.0.try_wait().expect("try_wait")
-    });
-    assert!(status.success(), "watcher: {status:?}");
-    // Several watchdog timeouts later the disarmed watchdog has not fired.
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        alive(&mut node.sleeper.0),
-        "a clean exit must disarm the watchdog"
-    );
+    w.expect_clean_stop("an exit message");
 }
 
 #[test]
 fn sigterm_stops_cleanly_and_the_node_lives() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
-    let pid = i32::try_from(watcher.0.id()).unwrap();
+    let w = Watched::start(&disk.dev.path);
+    let pid = i32::try_from(w.watcher.0.id()).unwrap();
     // SAFETY: kill() takes plain integers; the pid is our own live child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = wait_for("the watcher to exit", SOON, || {
-        watcher.0.try_wait().expect("try_wait")
-    });
-    assert!(status.success(), "watcher: {status:?}");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        alive(&mut node.sleeper.0),
-        "SIGTERM must disarm the watchdog"
-    );
+    w.expect_clean_stop("SIGTERM");
 }
 
 #[test]
 fn test_message_is_acknowledged() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
+    let mut w = Watched::start(&disk.dev.path);
     run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "test"]));
     wait_for("the test to be acknowledged", SOON, || {
         let list = run_ok(fencectl("beta", &disk.dev.path).arg("list"));
         (list == "0\talpha\tclear\t\n").then_some(())
     });
-    assert!(alive(&mut watcher.0) && alive(&mut node.sleeper.0));
+    assert!(w.alive());
     run_ok(fencectl("beta", &disk.dev.path).args(["message", "alpha", "exit"]));
-    let status = wait_for("the watcher to exit", SOON, || {
-        watcher.0.try_wait().expect("try_wait")
-    });
-    assert!(status.success());
+    w.expect_clean_stop("an exit message");
 }
 
 #[test]
@@ -289,9 +293,7 @@ fn agent_ok(input: &str, code: i32, stdout: &str) {
 #[test]
 fn fence_tandem_sbd_off_status_on_list() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
+    let w = Watched::start(&disk.dev.path);
     let base = format!(
         "# as stonithd sends it\nnodename=alpha\nport=alpha\ndevices={}\nsender=beta\n",
         disk.dev.path.display()
@@ -305,8 +307,7 @@ fn fence_tandem_sbd_off_status_on_list() {
     );
     agent_ok(&format!("{base}action=monitor\n"), 0, "");
     agent_ok(&format!("{base}action=off\n"), 0, "Success: Powered OFF\n");
-    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
-    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    w.expect_killed();
     agent_ok(&format!("{base}action=status\n"), 2, "Status: OFF\n");
     agent_ok(&format!("{base}action=off\n"), 0, "Success: Already OFF\n");
     // ClusterLabs sbd sees what the agent wrote.
@@ -328,9 +329,7 @@ fn fence_tandem_sbd_off_status_on_list() {
 #[test]
 fn fence_tandem_sbd_reboot_resets_the_node() {
     let disk = sbd_disk();
-    let mut node = Node::new();
-    let mut watcher = node.watch("alpha", &disk.dev.path, &[]);
-    wait_watching(&disk.dev.path, &mut watcher);
+    let w = Watched::start(&disk.dev.path);
     // Flags instead of stdin this time.
     let out = run_ok(Command::new(bin("fence_tandem_sbd")).args([
         "-o",
@@ -342,8 +341,7 @@ fn fence_tandem_sbd_reboot_resets_the_node() {
         &format!("--devices={}", disk.dev.path.display()),
     ]));
     assert_eq!(out, "Success: Rebooted\n");
-    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
-    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    w.expect_killed();
     assert_eq!(
         run_ok(fencectl("beta", &disk.dev.path).arg("list")),
         "0\talpha\treset\tbeta\n"
@@ -510,26 +508,8 @@ fn watcher_over_iscsi_dies_when_the_lun_goes_away() {
     let mut st = Storage::new(2);
     let url = st.url();
     run_ok(st.fencectl("beta", &url).args(QUICK).arg("create"));
-    let mut node = Node::new();
-    let mut watcher = ChildGuard(
-        st.fencectl("alpha", &url)
-            .args(["-I", "1", "--watchdog", &format!("test:{}", node.pgid)])
-            .arg("watch")
-            .env("TANDEM_LOG", "info")
-            .stdin(Stdio::null())
-            .process_group(node.pgid)
-            .spawn()
-            .expect("spawn fencectl watch"),
-    );
-    wait_for("the watcher to take its slot", SOON, || {
-        assert!(alive(&mut watcher.0), "the watcher exited during start-up");
-        let list = run_ok(fencectl("beta", &st.file()).arg("list"));
-        list.contains("alpha\tclear").then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(alive(&mut watcher.0) && alive(&mut node.sleeper.0));
+    let w = Node::new().watch(st.fencectl("alpha", &url), &st.file());
     // The storage node dies: the watcher's reads hang or fail, and the node is reset.
     st.tgtd.take();
-    killed_by_sigkill(&mut node.sleeper.0, "the node's sleep to be killed");
-    killed_by_sigkill(&mut watcher.0, "the watcher to be killed with its node");
+    w.expect_killed();
 }
