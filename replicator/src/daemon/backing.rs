@@ -47,7 +47,32 @@ fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-type Reply = oneshot::Sender<Result<Option<Bytes>, i32>>;
+/// What runs when an IO completes: read data (or nothing) or an errno. It runs on the ring
+/// thread or a blocking-pool thread, so it must be quick (send a message, no more).
+pub type Done = Box<dyn FnOnce(Result<Option<Bytes>, i32>) + Send>;
+
+/// One IO request.
+#[derive(Debug, Clone)]
+pub enum IoOp {
+    /// Write `data` at `offset`; with `fua`, stable before done.
+    Write {
+        /// Byte offset.
+        offset: u64,
+        /// The data.
+        data: Bytes,
+        /// Force unit access.
+        fua: bool,
+    },
+    /// Read `len` bytes at `offset`.
+    Read {
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        len: u32,
+    },
+    /// fdatasync.
+    Flush,
+}
 
 enum Kind {
     Write { buf: Bytes, done: usize, fua: bool },
@@ -58,7 +83,7 @@ enum Kind {
 struct Op {
     kind: Kind,
     offset: u64,
-    reply: Reply,
+    done: Done,
 }
 
 struct Shared {
@@ -134,79 +159,81 @@ impl Backing {
         &self.path
     }
 
-    async fn ring_op(
-        &self,
-        ring: &RingHandle,
-        kind: Kind,
-        offset: u64,
-    ) -> Result<Option<Bytes>, i32> {
-        let (reply, rx) = oneshot::channel();
-        ring.0.queue.lock().expect("ring queue").push(Op {
-            kind,
-            offset,
-            reply,
-        });
-        ring.0.wake();
-        rx.await.unwrap_or(Err(libc::EIO))
-    }
-
-    /// Writes `data` at `offset`; with `fua`, stable before returning.
-    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), i32> {
+    /// Submits one IO; `done` runs when it completes.
+    pub fn submit(&self, op: IoOp, done: Done) {
         if let Some(ring) = &self.ring {
-            return self
-                .ring_op(
-                    ring,
+            let (kind, offset) = match op {
+                IoOp::Write { offset, data, fua } => (
                     Kind::Write {
                         buf: data,
                         done: 0,
                         fua,
                     },
                     offset,
-                )
-                .await
-                .map(|_| ());
+                ),
+                IoOp::Read { offset, len } => (
+                    Kind::Read {
+                        buf: vec![0u8; len as usize],
+                        done: 0,
+                    },
+                    offset,
+                ),
+                IoOp::Flush => (Kind::Flush, 0),
+            };
+            ring.0
+                .queue
+                .lock()
+                .expect("ring queue")
+                .push(Op { kind, offset, done });
+            ring.0.wake();
+            return;
         }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
-            file.write_all_at(&data, offset).map_err(|e| errno(&e))?;
-            if fua {
-                file.sync_data().map_err(|e| errno(&e))?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or(Err(libc::EIO))
+            let result = match op {
+                IoOp::Write { offset, data, fua } => file
+                    .write_all_at(&data, offset)
+                    .and_then(|()| if fua { file.sync_data() } else { Ok(()) })
+                    .map(|()| None),
+                IoOp::Read { offset, len } => {
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, offset)
+                        .map(|()| Some(Bytes::from(buf)))
+                }
+                IoOp::Flush => file.sync_data().map(|()| None),
+            };
+            done(result.map_err(|e| errno(&e)));
+        });
+    }
+
+    async fn wait(&self, op: IoOp) -> Result<Option<Bytes>, i32> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.unwrap_or(Err(libc::EIO))
+    }
+
+    /// Writes `data` at `offset`; with `fua`, stable before returning.
+    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), i32> {
+        self.wait(IoOp::Write { offset, data, fua })
+            .await
+            .map(|_| ())
     }
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, i32> {
-        if let Some(ring) = &self.ring {
-            let buf = vec![0u8; len as usize];
-            return self
-                .ring_op(ring, Kind::Read { buf, done: 0 }, offset)
-                .await
-                .and_then(|b| b.ok_or(libc::EIO));
-        }
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, offset)
-                .map_err(|e| errno(&e))?;
-            Ok(Bytes::from(buf))
-        })
-        .await
-        .unwrap_or(Err(libc::EIO))
+        self.wait(IoOp::Read { offset, len })
+            .await
+            .and_then(|b| b.ok_or(libc::EIO))
     }
 
     /// fdatasync.
     pub async fn flush(&self) -> Result<(), i32> {
-        if let Some(ring) = &self.ring {
-            return self.ring_op(ring, Kind::Flush, 0).await.map(|_| ());
-        }
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.sync_data().map_err(|e| errno(&e)))
-            .await
-            .unwrap_or(Err(libc::EIO))
+        self.wait(IoOp::Flush).await.map(|_| ())
     }
 }
 
@@ -305,7 +332,7 @@ fn ring_thread(mut ring: IoUring, file: Arc<File>, shared: Arc<Shared>) {
             tracing::error!("io_uring submit failed: {e}");
             for slot in waiting.drain(..) {
                 if let Some(op) = slots[slot].take() {
-                    let _ = op.reply.send(Err(libc::EIO));
+                    (op.done)(Err(libc::EIO));
                 }
             }
             return;
@@ -362,7 +389,7 @@ fn ring_thread(mut ring: IoUring, file: Arc<File>, shared: Arc<Shared>) {
             match finished {
                 Some(result) => {
                     let op = slots[slot].take().expect("slot holds an op");
-                    let _ = op.reply.send(result);
+                    (op.done)(result);
                     free.push(slot);
                 }
                 // A short transfer: submit the rest.

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::backing::Backing;
+use super::backing::{Backing, IoOp};
 use super::peer::{self, Connection, Established, NetEvent, PeerParams};
 use crate::control::{EventLine, PeerStatus, ResourceStatus};
 use crate::core::{errno, Action, Command, Event, IoId, MdState, Node, ReqId, Role};
@@ -379,27 +379,9 @@ impl Task {
                 offset,
                 data,
                 fua,
-            } => {
-                let (b, tx) = (self.backing.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let result = b.write(offset, data, fua).await.map(|()| None);
-                    let _ = tx.send(Msg::IoDone { io, result });
-                });
-            }
-            Action::LocalRead { io, offset, len } => {
-                let (b, tx) = (self.backing.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let result = b.read(offset, len).await.map(Some);
-                    let _ = tx.send(Msg::IoDone { io, result });
-                });
-            }
-            Action::LocalFlush { io } => {
-                let (b, tx) = (self.backing.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let result = b.flush().await.map(|()| None);
-                    let _ = tx.send(Msg::IoDone { io, result });
-                });
-            }
+            } => self.io(io, IoOp::Write { offset, data, fua }),
+            Action::LocalRead { io, offset, len } => self.io(io, IoOp::Read { offset, len }),
+            Action::LocalFlush { io } => self.io(io, IoOp::Flush),
             Action::Send(p) => {
                 if let Some(c) = &self.conn {
                     c.send(p);
@@ -460,6 +442,17 @@ impl Task {
                 });
             }
         }
+    }
+
+    /// Submits a local IO whose completion comes back to this task as [`Msg::IoDone`].
+    fn io(&self, io: IoId, op: IoOp) {
+        let tx = self.tx.clone();
+        self.backing.submit(
+            op,
+            Box::new(move |result| {
+                let _ = tx.send(Msg::IoDone { io, result });
+            }),
+        );
     }
 
     fn sync_access(&mut self) {
