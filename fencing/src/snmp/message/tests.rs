@@ -201,3 +201,23 @@ proptest! {
         let _ = ScopedPdu::decode(&bytes);
     }
 }
+
+/// net-snmp 5.9's `snmpget -v3 -l authPriv` engine-discovery probe, captured off the wire.
+const NET_SNMP_V3_PROBE: &[u8] =
+    include_bytes!("../../../tests/fixtures/snmp/net-snmp-5.9-v3-probe.bin");
+
+#[test]
+fn golden_net_snmp_v3_discovery_probe() {
+    let m = V3Message::decode(NET_SNMP_V3_PROBE).unwrap();
+    assert_eq!(m.max_size, 65507);
+    assert_eq!(m.flags, flags::REPORTABLE);
+    assert_eq!(m.usm, UsmParams::default());
+    let ScopedData::Plain(scoped) = &m.data else {
+        panic!("the probe is not encrypted")
+    };
+    assert!(scoped.context_engine_id.is_empty());
+    assert_eq!(scoped.pdu.kind, PduType::Get);
+    assert!(scoped.pdu.varbinds.is_empty());
+    // Our encoder writes the same bytes.
+    assert_eq!(m.encode().0, NET_SNMP_V3_PROBE);
+}
