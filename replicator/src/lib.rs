@@ -11,5 +11,6 @@ pub mod control;
 pub mod core;
 pub mod daemon;
 pub mod demo;
+pub mod digest;
 pub mod md;
 pub mod wire;

@@ -298,6 +298,16 @@ pub enum Packet {
         /// Writes it held.
         set_size: u32,
     },
+    /// `data-integrity-alg`: the digest of the `Data` or `RsDataReply` that follows it on the
+    /// data socket, whose `seq` (or request id) it names (type 26, data socket).
+    ///
+    /// Payload (8 + digest bytes): 0: u64 seq, 8: digest (at most [`MAX_DIGEST_BYTES`]).
+    DataDigest {
+        /// The sequence number (or resync request id) of the packet it covers.
+        seq: u64,
+        /// The digest of that packet's data.
+        digest: Vec<u8>,
+    },
     /// SyncTarget asks for a block range (type 30, data socket).
     ///
     /// Payload (20 bytes): 0: u64 id, 8: u64 offset, 16: u32 len.
@@ -433,6 +443,8 @@ pub enum PacketType {
     Barrier = 24,
     /// [`Packet::BarrierAck`].
     BarrierAck = 25,
+    /// [`Packet::DataDigest`].
+    DataDigest = 26,
     /// [`Packet::RsDataRequest`].
     RsDataRequest = 30,
     /// [`Packet::RsDataReply`].
@@ -472,7 +484,7 @@ enum PayloadShape {
 
 impl PacketType {
     /// Every packet type, in type-number order.
-    pub const ALL: [PacketType; 25] = [
+    pub const ALL: [PacketType; 26] = [
         PacketType::Hello,
         PacketType::AuthChallenge,
         PacketType::AuthResponse,
@@ -488,6 +500,7 @@ impl PacketType {
         PacketType::NegAck,
         PacketType::Barrier,
         PacketType::BarrierAck,
+        PacketType::DataDigest,
         PacketType::RsDataRequest,
         PacketType::RsDataReply,
         PacketType::RsWriteAck,
@@ -523,6 +536,7 @@ impl PacketType {
             PacketType::NegAck => "NegAck",
             PacketType::Barrier => "Barrier",
             PacketType::BarrierAck => "BarrierAck",
+            PacketType::DataDigest => "DataDigest",
             PacketType::RsDataRequest => "RsDataRequest",
             PacketType::RsDataReply => "RsDataReply",
             PacketType::RsWriteAck => "RsWriteAck",
@@ -550,6 +564,7 @@ impl PacketType {
             | PacketType::Bitmap
             | PacketType::SyncUuid
             | PacketType::Data
+            | PacketType::DataDigest
             | PacketType::Barrier
             | PacketType::RsDataRequest
             | PacketType::RsDataReply
@@ -608,6 +623,7 @@ impl PacketType {
             PacketType::CsumRsRequest | PacketType::OvReply => PayloadShape::Digest {
                 fixed: RANGE_REQUEST_BYTES,
             },
+            PacketType::DataDigest => PayloadShape::Digest { fixed: 8 },
         }
     }
 }
@@ -791,6 +807,7 @@ impl Packet {
             Packet::NegAck { .. } => PacketType::NegAck,
             Packet::Barrier { .. } => PacketType::Barrier,
             Packet::BarrierAck { .. } => PacketType::BarrierAck,
+            Packet::DataDigest { .. } => PacketType::DataDigest,
             Packet::RsDataRequest { .. } => PacketType::RsDataRequest,
             Packet::RsDataReply { .. } => PacketType::RsDataReply,
             Packet::RsWriteAck { .. } => PacketType::RsWriteAck,
@@ -818,6 +835,7 @@ impl Packet {
             Packet::AuthResponse { digest }
             | Packet::CsumRsRequest { digest, .. }
             | Packet::OvReply { digest, .. }
+            | Packet::DataDigest { digest, .. }
                 if digest.len() > MAX_DIGEST_BYTES =>
             {
                 Err(WireError::DigestTooLong {
@@ -854,6 +872,7 @@ impl Packet {
             }
             Packet::AuthChallenge { .. }
             | Packet::AuthResponse { .. }
+            | Packet::DataDigest { .. }
             | Packet::AuthOk
             | Packet::Sizes { .. }
             | Packet::State { .. }
@@ -879,6 +898,7 @@ impl Packet {
             Packet::CsumRsRequest { digest, .. } | Packet::OvReply { digest, .. } => {
                 RANGE_REQUEST_BYTES + digest.len()
             }
+            Packet::DataDigest { digest, .. } => 8 + digest.len(),
             _ => match self.packet_type().shape() {
                 PayloadShape::Fixed(n) => n,
                 shape => unreachable!("{shape:?} is handled above"),
@@ -1006,6 +1026,10 @@ pub fn encode_head(packet: &Packet, out: &mut BytesMut) -> Option<Bytes> {
             out.put_u64(*seq);
         }
         Packet::Barrier { barrier_nr } => out.put_u32(*barrier_nr),
+        Packet::DataDigest { seq, digest } => {
+            out.put_u64(*seq);
+            out.put_slice(digest);
+        }
         Packet::BarrierAck {
             barrier_nr,
             set_size,
@@ -1355,6 +1379,10 @@ fn parse_payload(ty: PacketType, payload: &[u8]) -> Result<Packet, WireError> {
             barrier_nr: r.u32("barrier_nr")?,
             set_size: r.u32("set_size")?,
         },
+        PacketType::DataDigest => Packet::DataDigest {
+            seq: r.u64("seq")?,
+            digest: r.rest().to_vec(),
+        },
         PacketType::RsDataRequest => Packet::RsDataRequest {
             id: r.u64("id")?,
             offset: r.u64("offset")?,
@@ -1599,6 +1627,10 @@ mod tests {
                 barrier_nr: 4,
                 set_size: 17,
             },
+            Packet::DataDigest {
+                seq: 1,
+                digest: vec![0xab; 4],
+            },
             Packet::RsDataRequest {
                 id: 5,
                 offset: 8192,
@@ -1703,8 +1735,8 @@ mod tests {
         assert_eq!(
             numbers,
             [
-                1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 30, 31, 32, 33, 34, 35, 36,
-                37, 40, 41
+                1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 26, 30, 31, 32, 33, 34, 35,
+                36, 37, 40, 41
             ]
         );
         for t in PacketType::ALL {
@@ -1805,7 +1837,7 @@ mod tests {
 
     #[test]
     fn encode_head_leaves_the_data_uncopied() {
-        for p in [data_packet(), one_of_each()[16].clone()] {
+        for p in [data_packet(), one_of_each()[17].clone()] {
             let mut head = BytesMut::new();
             let data = encode_head(&p, &mut head).expect("data packets return their data");
             let (Packet::Data { data: own, .. } | Packet::RsDataReply { data: own, .. }) = &p
@@ -1882,7 +1914,7 @@ mod tests {
 
     #[test]
     fn unknown_type() {
-        for type_nr in [0, 5, 15, 26, 38, 42, u16::MAX] {
+        for type_nr in [0, 5, 15, 27, 38, 42, u16::MAX] {
             assert_eq!(
                 decode_err(&header(type_nr, 0)),
                 WireError::UnknownType { type_nr }
@@ -2282,7 +2314,7 @@ mod tests {
                 }
             );
         }
-        let mut reply = encoded(&one_of_each()[16]);
+        let mut reply = encoded(&one_of_each()[17]);
         reply[HEADER_BYTES + 15] = 8; // offset 8192 + 8
         assert_eq!(
             decode_err(&reply),
@@ -2500,6 +2532,8 @@ mod tests {
                 barrier_nr,
                 set_size
             }),
+            (any::<u64>(), arb_digest())
+                .prop_map(|(seq, digest)| Packet::DataDigest { seq, digest }),
             (any::<u64>(), arb_range()).prop_map(|(id, (offset, len))| Packet::RsDataRequest {
                 id,
                 offset,

@@ -164,8 +164,8 @@ fn ext4_through_nbdfuse_on_the_primary_and_secondary_is_refused_while_mounted() 
     );
 }
 
-fn same_workload(id: u8, protocol: char) {
-    let mut p = Pair::new(id, protocol, "");
+fn same_workload(id: u8, protocol: char, net_extra: &str) {
+    let mut p = Pair::new(id, protocol, net_extra);
     p.up_synced();
     let uri = p.nodes[0].nbd_uri("r0");
     let src = p.path().join("src.raw");
@@ -180,17 +180,17 @@ fn same_workload(id: u8, protocol: char) {
 
 #[test]
 fn protocol_a_replicates() {
-    same_workload(13, 'A');
+    same_workload(13, 'A', "");
 }
 
 #[test]
 fn protocol_b_replicates() {
-    same_workload(14, 'B');
+    same_workload(14, 'B', "data-integrity-alg md5;");
 }
 
 #[test]
 fn protocol_c_replicates() {
-    same_workload(15, 'C');
+    same_workload(15, 'C', "data-integrity-alg crc32c;");
 }
 
 /// Protocol C: a write the client saw acknowledged is on the peer's disk, even when the

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::bitmap::{Bitmap, BLOCK_BYTES};
 use super::uuid::{self, SyncDecision, Uuids};
 use crate::config::Protocol;
+use crate::digest::digest;
 use crate::md::{flags, UUID_JUST_CREATED};
 use crate::wire::{data_flags, uuid_flags, Packet, WireDisk, WireRole};
 
@@ -182,6 +183,8 @@ pub struct NodeConfig {
     pub resync_rate_bytes_per_s: u64,
     /// `allow-two-primaries`.
     pub allow_two_primaries: bool,
+    /// `data-integrity-alg`: every Data and RsDataReply is preceded by its digest.
+    pub integrity: Option<crate::config::DigestAlg>,
 }
 
 /// Admin commands (from replctl through the driver).
@@ -540,6 +543,8 @@ pub struct Node {
     last_rx_ms: u64,
     ping_sent_ms: Option<u64>,
     discard_my_data: bool,
+    /// The `DataDigest` waiting for its Data or RsDataReply.
+    pending_digest: Option<(u64, Vec<u8>)>,
     last_error: Option<String>,
     out: Vec<Action>,
     now_ms: u64,
@@ -605,6 +610,7 @@ impl Node {
             last_rx_ms: 0,
             ping_sent_ms: None,
             discard_my_data: false,
+            pending_digest: None,
             last_error: None,
             out: Vec::new(),
             now_ms: 0,
@@ -1038,6 +1044,12 @@ impl Node {
                     if self.epoch_closed {
                         self.close_epoch();
                     }
+                    if let Some(alg) = self.cfg.integrity {
+                        self.out.push(Action::Send(Packet::DataDigest {
+                            seq,
+                            digest: digest(alg, &data),
+                        }));
+                    }
                     self.out.push(Action::Send(Packet::Data {
                         seq,
                         epoch: self.cur_epoch,
@@ -1292,6 +1304,12 @@ impl Node {
                 if self.conn == ConnState::Connected {
                     match result {
                         Ok(Some(data)) => {
+                            if let Some(alg) = self.cfg.integrity {
+                                self.out.push(Action::Send(Packet::DataDigest {
+                                    seq: id,
+                                    digest: digest(alg, &data),
+                                }));
+                            }
                             self.out
                                 .push(Action::Send(Packet::RsDataReply { id, offset, data }))
                         }
@@ -1376,8 +1394,36 @@ impl Node {
         self.lose_peer(reason, ConnState::Connecting);
     }
 
+    /// With `data-integrity-alg`, checks `data` against the digest that preceded it.
+    fn integrity_ok(&mut self, seq: u64, offset: u64, data: &[u8]) -> bool {
+        let Some(alg) = self.cfg.integrity else {
+            if self.pending_digest.take().is_some() {
+                self.protocol_error(
+                    "the peer sends data-integrity digests but data-integrity-alg is not set here"
+                        .into(),
+                );
+                return false;
+            }
+            return true;
+        };
+        match self.pending_digest.take() {
+            Some((s, d)) if s == seq => {
+                if d == digest(alg, data) {
+                    return true;
+                }
+                self.protocol_error(format!(
+                    "data integrity check ({alg}) failed for {} bytes at offset {offset}: the data was corrupted in transit",
+                    data.len()
+                ));
+            }
+            _ => self.protocol_error(format!("data at offset {offset} came without its {alg} digest (is data-integrity-alg set on the peer?)")),
+        }
+        false
+    }
+
     fn packet(&mut self, packet: Packet) {
         match packet {
+            Packet::DataDigest { seq, digest } => self.pending_digest = Some((seq, digest)),
             Packet::Sizes {
                 backing_sect,
                 user_sect,
@@ -1450,6 +1496,9 @@ impl Node {
                 if offset + data.len() as u64 > self.cfg.backing_bytes {
                     return self.protocol_error(format!("write at {offset} beyond the disk"));
                 }
+                if !self.integrity_ok(seq, offset, &data) {
+                    return;
+                }
                 if self.cfg.protocol == Protocol::B {
                     self.out.push(Action::Send(Packet::RecvAck { seq }));
                 }
@@ -1502,6 +1551,9 @@ impl Node {
                 self.submit(Blocked::RsRead { id, offset, len });
             }
             Packet::RsDataReply { id, offset, data } => {
+                if !self.integrity_ok(id, offset, &data) {
+                    return;
+                }
                 let Some(rs) = self.resync.as_mut() else {
                     return self.protocol_error("resync data while not SyncTarget".into());
                 };
@@ -1547,6 +1599,7 @@ impl Node {
         self.peer = Peer::default();
         self.last_rx_ms = self.now_ms;
         self.ping_sent_ms = None;
+        self.pending_digest = None;
         self.last_error = None;
         self.cur_epoch_writes = 0;
         self.epoch_closed = false;

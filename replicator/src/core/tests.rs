@@ -46,10 +46,12 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         resync_request_bytes: 64 << 10,
         resync_rate_bytes_per_s: 1 << 40,
         allow_two_primaries: false,
+        integrity: None,
     }
 }
 
 type Hold = Box<dyn Fn(usize, &Packet) -> bool>;
+type Corrupt = Box<dyn Fn(usize, &mut Packet)>;
 
 struct Harness {
     nodes: Vec<Node>,
@@ -61,6 +63,7 @@ struct Harness {
     gen: u64,
     connected: bool,
     hold: Option<Hold>,
+    corrupt: Option<Corrupt>,
     pending_lost: Option<(usize, String)>,
     held: Vec<(usize, Packet)>,
     completed: HashMap<ReqId, Result<(), i32>>,
@@ -72,6 +75,15 @@ struct Harness {
 
 impl Harness {
     fn new(protocol: Protocol, seed: u64) -> Harness {
+        Harness::with(protocol, seed, |_| {})
+    }
+
+    fn with(protocol: Protocol, seed: u64, tune: impl Fn(&mut NodeConfig)) -> Harness {
+        let configs = ["alpha", "beta"].map(|n| {
+            let mut c = config(n, protocol);
+            tune(&mut c);
+            c
+        });
         let md = MdState {
             uuids: [UUID_JUST_CREATED, 0, 0, 0],
             flags: flags::AL_CLEAN,
@@ -79,10 +91,13 @@ impl Harness {
         };
         let words = vec![0u64; (DISK / 4096 / 64) as usize];
         Harness {
-            nodes: vec![
-                Node::new(config("alpha", protocol), md, &words, seed ^ 1),
-                Node::new(config("beta", protocol), md, &words, seed ^ 2),
-            ],
+            nodes: {
+                let [a, b] = configs;
+                vec![
+                    Node::new(a, md, &words, seed ^ 1),
+                    Node::new(b, md, &words, seed ^ 2),
+                ]
+            },
             disks: vec![vec![0; DISK as usize], vec![0; DISK as usize]],
             inbox: vec![Default::default(), Default::default()],
             io: vec![Vec::new(), Vec::new()],
@@ -90,6 +105,7 @@ impl Harness {
             gen: 0,
             connected: false,
             hold: None,
+            corrupt: None,
             pending_lost: None,
             held: Vec::new(),
             completed: HashMap::new(),
@@ -114,9 +130,12 @@ impl Harness {
                 Action::LocalWrite { .. }
                 | Action::LocalRead { .. }
                 | Action::LocalFlush { .. } => self.io[i].push(a),
-                Action::Send(p) => {
+                Action::Send(mut p) => {
                     if !self.connected {
                         continue;
+                    }
+                    if let Some(c) = &self.corrupt {
+                        c(i, &mut p);
                     }
                     if let Packet::Data { seq, .. } = &p {
                         self.events.push_back((
@@ -511,4 +530,49 @@ fn random_overlapping_writes_leave_identical_replicas() {
         assert!(h.disks[0] == h.disks[1], "seed {seed}: replicas diverged");
         assert_eq!(h.nodes[1].disk(), DiskState::UpToDate, "seed {seed}");
     }
+}
+
+#[test]
+fn data_integrity_mismatch_disconnects_and_marks_out_of_sync() {
+    let mut h = Harness::with(Protocol::C, 9, |c| {
+        c.integrity = Some(crate::config::DigestAlg::Crc32c)
+    });
+    h.connect();
+    h.command(0, Command::Primary { force: true }).unwrap();
+    assert_eq!(
+        h.nodes[1].disk(),
+        DiskState::UpToDate,
+        "resync data passed the integrity check"
+    );
+    h.corrupt = Some(Box::new(|from, p| {
+        if let (0, Packet::Data { data, .. }) = (from, p) {
+            let mut v = data.to_vec();
+            v[100] ^= 0xff;
+            *data = Bytes::from(v);
+        }
+    }));
+    let req = h.write(0, 65536, 0x5a, 4096);
+    h.run();
+    assert_eq!(
+        h.completed.get(&req),
+        Some(&Ok(())),
+        "the write completes locally"
+    );
+    assert!(h.nodes[1]
+        .status(0)
+        .last_error
+        .unwrap()
+        .contains("data integrity check (crc32c) failed"));
+    assert!(
+        h.disks[1][65536..65536 + 4096].iter().all(|&b| b == 0),
+        "the corrupted write was not applied"
+    );
+    assert_eq!(
+        h.nodes[0].status(0).out_of_sync_kib,
+        4,
+        "marked out of sync on the Primary"
+    );
+    h.corrupt = None;
+    h.connect();
+    assert!(h.disks[0] == h.disks[1], "the resync repaired the block");
 }

@@ -292,6 +292,7 @@ impl Daemon {
                 r.disk.c_max_rate_bytes_per_s
             },
             allow_two_primaries: net.allow_two_primaries,
+            integrity: net.data_integrity_alg,
         };
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;
