@@ -514,6 +514,8 @@ impl Client {
                 return Err(security("the answer fails authentication".into()));
             }
         }
+        let authenticated = reply.flags & flags::AUTH != 0;
+        let encrypted = reply.flags & flags::PRIV != 0;
         let scoped = match reply.data {
             ScopedData::Plain(s) => s,
             ScopedData::Encrypted(cipher) => {
@@ -545,7 +547,9 @@ impl Client {
             let which = stat
                 .strip_prefix(&USM_STATS[..])
                 .and_then(|rest| rest.first().copied());
-            if which == Some(2) && may_resync {
+            // Only an authenticated report may move our clock (RFC 3414 3.2 step 7): an
+            // unauthenticated one could be forged.
+            if which == Some(2) && may_resync && reply.flags & flags::AUTH != 0 {
                 // notInTimeWindows: the report carries the agent's boots and time.
                 if let Some(e) = self.engine.as_mut() {
                     e.boots = reply.usm.engine_boots;
@@ -564,6 +568,13 @@ impl Client {
                 _ => "the agent reported an error",
             };
             return Err(security(reason.to_string()));
+        }
+        // A response must come at the security level we asked for, or anyone on the path
+        // could forge "the port is off".
+        if (auth_proto.is_some() && !authenticated) || (privacy.is_some() && !encrypted) {
+            return Err(security(
+                "the answer is below the requested security level".into(),
+            ));
         }
         Ok(scoped.pdu)
     }
