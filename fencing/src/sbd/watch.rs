@@ -111,7 +111,8 @@ fn start_disk(path: &Path, opts: &WatchOptions) -> Result<Started, WatchError> {
 }
 
 enum ServantCommand {
-    ClearMailbox,
+    /// Clear the mailbox if it still holds this.
+    ClearMailbox(Mailbox),
 }
 
 /// One disk's reader: every loop timeout, header + slot + mailbox; clears the mailbox on demand.
@@ -125,9 +126,20 @@ fn servant(
 ) {
     loop {
         match commands.recv_timeout(every) {
-            Ok(ServantCommand::ClearMailbox) => {
-                if let Err(e) = ops::write_mailbox(&dev, slot, &Mailbox::EMPTY) {
-                    tracing::warn!("cannot clear the mailbox: {e}");
+            Ok(ServantCommand::ClearMailbox(seen)) => {
+                // Re-read first, so a pill written since the watcher's read is not wiped (sbd
+                // clears blindly; the window left is one read-to-write gap, not a whole loop).
+                let cleared = ops::read_mailbox(&dev, slot).and_then(|now| {
+                    if now == seen {
+                        ops::write_mailbox(&dev, slot, &Mailbox::EMPTY).map(|()| true)
+                    } else {
+                        Ok(false)
+                    }
+                });
+                match cleared {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!("the mailbox changed; not clearing it"),
+                    Err(e) => tracing::warn!("cannot clear the mailbox: {e}"),
                 }
                 continue;
             }
@@ -229,8 +241,8 @@ pub fn watch(
                         tracing::error!("cannot feed the watchdog: {e}");
                     }
                 }
-                Action::ClearMailbox { disk } => {
-                    let _ = servants[disk].send(ServantCommand::ClearMailbox);
+                Action::ClearMailbox { disk, seen } => {
+                    let _ = servants[disk].send(ServantCommand::ClearMailbox(seen));
                 }
                 Action::Warn(text) => tracing::warn!("{text}"),
                 Action::Exit { disk } => {

@@ -207,10 +207,13 @@ impl std::fmt::Display for FenceReason {
 pub enum Action {
     /// Feed the watchdog.
     Feed,
-    /// Write an empty mailbox to this disk (acknowledges `test`, clears an unknown command).
+    /// Write an empty mailbox to this disk (acknowledges `test`, clears an unknown command),
+    /// but only if it still holds `seen`: a pill written since the read must not be wiped.
     ClearMailbox {
         /// The disk.
         disk: usize,
+        /// What the mailbox held when read.
+        seen: Mailbox,
     },
     /// Stop feeding for good: the watchdog will kill the node.
     Fence(FenceReason),
@@ -337,7 +340,10 @@ impl Watcher {
                 d.last_good = now;
                 vec![
                     Action::Warn(format!("disk {disk}: test message from '{from}'")),
-                    Action::ClearMailbox { disk },
+                    Action::ClearMailbox {
+                        disk,
+                        seen: mailbox,
+                    },
                 ]
             }
             Command::Undefined(v) => {
@@ -346,7 +352,10 @@ impl Watcher {
                     Action::Warn(format!(
                         "disk {disk}: unknown command {v} from '{from}' (a partial write?), clearing it"
                     )),
-                    Action::ClearMailbox { disk },
+                    Action::ClearMailbox {
+                        disk,
+                        seen: mailbox,
+                    },
                 ]
             }
             Command::Exit => {
