@@ -8,6 +8,7 @@
 //! States and their names are DRBD's (Primary/Secondary; UpToDate, Inconsistent, ...;
 //! StandAlone, Connecting, Connected; Established, SyncSource, SyncTarget).
 
+pub mod al;
 pub mod bitmap;
 mod node;
 pub mod uuid;

@@ -5,6 +5,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use super::al::{ActivityLog, EXTENT_BYTES};
 use super::bitmap::{Bitmap, BLOCK_BYTES};
 use super::uuid::{self, SyncDecision, Uuids};
 use crate::config::Protocol;
@@ -185,7 +186,12 @@ pub struct NodeConfig {
     pub allow_two_primaries: bool,
     /// `data-integrity-alg`: every Data and RsDataReply is preceded by its digest.
     pub integrity: Option<crate::config::DigestAlg>,
+    /// `al-extents`: hot 4 MiB extents in the activity log.
+    pub al_extents: u32,
 }
+
+/// Transactions in the activity-log ring (one stripe of 8 blocks, as create-md writes it).
+pub const AL_RING_SLOTS: u32 = 8;
 
 /// Admin commands (from replctl through the driver).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,8 +329,18 @@ pub enum Action {
     },
     /// Write the superblock (synchronously, before the next action).
     WriteMd(MdState),
-    /// Write the bitmap to disk.
+    /// Write the bitmap to disk (synchronously, before the next action).
     WriteBitmap,
+    /// Write an activity-log transaction into ring slot `index` and make it stable; answer
+    /// with [`Event::LocalDone`].
+    WriteAl {
+        /// The IO.
+        io: IoId,
+        /// Ring slot.
+        index: u32,
+        /// The encoded 4 KiB transaction.
+        block: Bytes,
+    },
     /// A state change worth telling `replctl events` and the log.
     Notify(String),
 }
@@ -379,6 +395,7 @@ enum IoPurpose {
         len: u64,
     },
     ResyncDoneFlush,
+    AlTransaction,
 }
 
 #[derive(Debug)]
@@ -537,6 +554,9 @@ pub struct Node {
     flushes: BTreeMap<u64, ClientFlush>,
     rx_epochs: BTreeMap<u32, RxEpoch>,
     rx_queue: VecDeque<Blocked>,
+    al: ActivityLog,
+    /// Writes whose extents wait for an activity-log transaction.
+    al_wait: VecDeque<Blocked>,
     /// After the bitmap exchange: become SyncSource (true) or SyncTarget (false).
     pending_sync: Option<bool>,
     resync: Option<Resync>,
@@ -564,7 +584,21 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 
 impl Node {
     /// A node attached to its disk. `seed` makes UUID generation deterministic under test.
-    pub fn new(cfg: NodeConfig, md: MdState, bitmap_words: &[u64], seed: u64) -> Node {
+    ///
+    /// `hot_extents` are the extents the activity log recovered after a crash: they are marked
+    /// out of sync. A node that was Primary when it went down uncleanly is a crashed Primary.
+    pub fn new(
+        cfg: NodeConfig,
+        mut md: MdState,
+        bitmap_words: &[u64],
+        hot_extents: &[u32],
+        seed: u64,
+    ) -> Node {
+        if md.flags & flags::AL_CLEAN == 0 && md.flags & flags::PRIMARY_IND != 0 {
+            md.flags |= flags::CRASHED_PRIMARY;
+        }
+        // The activity log is in use from now on; a clean `down` sets AL_CLEAN again.
+        md.flags &= !(flags::AL_CLEAN | flags::PRIMARY_IND);
         let f = md.flags;
         let disk = if f & flags::CONSISTENT == 0 {
             DiskState::Inconsistent
@@ -575,7 +609,13 @@ impl Node {
         } else {
             DiskState::Consistent
         };
-        let bitmap = Bitmap::from_words(cfg.backing_bytes, bitmap_words);
+        let mut bitmap = Bitmap::from_words(cfg.backing_bytes, bitmap_words);
+        for &e in hot_extents {
+            let start = u64::from(e) * EXTENT_BYTES;
+            if start < cfg.backing_bytes {
+                bitmap.set_range(start, EXTENT_BYTES.min(cfg.backing_bytes - start));
+            }
+        }
         Node {
             md,
             role: Role::Secondary,
@@ -605,6 +645,8 @@ impl Node {
             flushes: BTreeMap::new(),
             rx_epochs: BTreeMap::new(),
             rx_queue: VecDeque::new(),
+            al: ActivityLog::new(cfg.al_extents),
+            al_wait: VecDeque::new(),
             pending_sync: None,
             resync: None,
             last_rx_ms: 0,
@@ -1027,6 +1069,55 @@ impl Node {
     fn start(&mut self, op: Blocked) {
         let range = op.range(&self.writes);
         self.active.push(range);
+        let needs_al = matches!(op, Blocked::AppWrite { .. } | Blocked::PeerWrite { .. });
+        if needs_al && !self.al.try_get(range.0, range.1) {
+            self.al_wait.push_back(op);
+            self.al_pump();
+            return;
+        }
+        self.issue(op);
+    }
+
+    /// Writes the next activity-log transaction if writes wait for one.
+    fn al_pump(&mut self) {
+        if let Some((nr, tr, evicts)) = self.al.next_transaction() {
+            if evicts {
+                // Evicted extents leave the log: their bits must be on disk first.
+                self.out.push(Action::WriteBitmap);
+            }
+            let io = self.io(IoPurpose::AlTransaction);
+            let block = Bytes::copy_from_slice(&tr.encode());
+            self.out.push(Action::WriteAl {
+                io,
+                index: nr % AL_RING_SLOTS,
+                block,
+            });
+        }
+    }
+
+    fn al_committed(&mut self) {
+        self.al.committed();
+        for op in std::mem::take(&mut self.al_wait) {
+            let range = op.range(&self.writes);
+            if self.al.try_get(range.0, range.1) {
+                self.issue(op);
+            } else {
+                self.al_wait.push_back(op);
+            }
+        }
+        self.al_pump();
+    }
+
+    /// The md state a clean `down` writes: the activity log is clean.
+    pub fn clean_md(&self) -> MdState {
+        MdState {
+            flags: self.md.flags | flags::AL_CLEAN,
+            ..self.md
+        }
+    }
+
+    fn issue(&mut self, op: Blocked) {
+        let range = op.range(&self.writes);
         match op {
             Blocked::AppWrite { seq } => {
                 let io = self.io(IoPurpose::AppWrite { seq });
@@ -1249,6 +1340,7 @@ impl Node {
                     w.local_err = result.err();
                     (w.offset, w.data.len() as u64)
                 };
+                self.al.put(range.0, range.1);
                 self.maybe_complete(seq);
                 self.release(range);
             }
@@ -1259,6 +1351,7 @@ impl Node {
                 len,
             } => {
                 let ok = result.is_ok();
+                self.al.put(offset, len);
                 self.release((offset, len));
                 if self.conn == ConnState::Connected {
                     if !ok {
@@ -1338,6 +1431,12 @@ impl Node {
                 self.rs_pump();
             }
             IoPurpose::ResyncDoneFlush => self.finish_sync_target(),
+            IoPurpose::AlTransaction => {
+                if let Err(e) = result {
+                    self.last_error = Some(format!("writing the activity log failed (errno {e})"));
+                }
+                self.al_committed();
+            }
         }
     }
 }
@@ -1890,6 +1989,7 @@ impl Node {
 
     fn finish_sync_source(&mut self) {
         self.resync = None;
+        self.md.flags &= !flags::CRASHED_PRIMARY;
         self.repl = ReplState::Established;
         if self.md.uuids[1] != 0 {
             self.md.uuids[3] = self.md.uuids[2];

@@ -47,6 +47,7 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         resync_rate_bytes_per_s: 1 << 40,
         allow_two_primaries: false,
         integrity: None,
+        al_extents: 61,
     }
 }
 
@@ -94,8 +95,8 @@ impl Harness {
             nodes: {
                 let [a, b] = configs;
                 vec![
-                    Node::new(a, md, &words, seed ^ 1),
-                    Node::new(b, md, &words, seed ^ 2),
+                    Node::new(a, md, &words, &[], seed ^ 1),
+                    Node::new(b, md, &words, &[], seed ^ 2),
                 ]
             },
             disks: vec![vec![0; DISK as usize], vec![0; DISK as usize]],
@@ -172,6 +173,7 @@ impl Harness {
                 Action::Reply { req, result } => {
                     self.replies.insert(req, result);
                 }
+                Action::WriteAl { io, .. } => self.io[i].push(Action::LocalFlush { io }),
                 Action::WriteMd(_) | Action::WriteBitmap | Action::Notify(_) => {}
             }
         }

@@ -293,6 +293,7 @@ impl Daemon {
             },
             allow_two_primaries: net.allow_two_primaries,
             integrity: net.data_integrity_alg,
+            al_extents: r.disk.al_extents,
         };
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;

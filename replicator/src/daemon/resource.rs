@@ -122,13 +122,54 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (est_tx, est_rx) = mpsc::unbounded_channel();
     let listen_task = tokio::spawn(peer::listen(listener, spec.peer.clone(), est_tx));
-    let sb = spec.attached.sb;
+    let mut sb = spec.attached.sb;
+    let dev = Arc::new(spec.attached.dev);
+    let layout = spec.attached.layout;
+    // After a crash the activity log names the extents that may differ from the peer.
+    let hot = if sb.flags & crate::md::flags::AL_CLEAN == 0 {
+        let ring =
+            disk::read_al(&dev, &layout).map_err(|e| format!("reading the activity log: {e}"))?;
+        let hot = crate::core::al::recover(&ring, sb.al_nr_extents.max(1));
+        tracing::warn!(
+            resource = %spec.name,
+            "unclean shutdown: the activity log names {} hot extent(s) ({} MiB) to resync",
+            hot.len(),
+            hot.len() * 4
+        );
+        hot
+    } else {
+        Vec::new()
+    };
+    sb.al_nr_extents = spec.node_config.al_extents;
     let md = MdState {
         uuids: sb.uuids,
         flags: sb.flags,
         la_size_sect: sb.la_size_sect,
     };
-    let node = Node::new(spec.node_config, md, &spec.attached.bitmap_words, spec.seed);
+    let node = Node::new(
+        spec.node_config,
+        md,
+        &spec.attached.bitmap_words,
+        &hot,
+        spec.seed,
+    );
+    // Hot extents are in the bitmap on disk before the old log is wiped; then the log is in use.
+    disk::write_bitmap(&dev, &layout, node.bitmap_words())
+        .map_err(|e| format!("writing the bitmap: {e}"))?;
+    disk::reset_al(&dev, &layout).map_err(|e| format!("resetting the activity log: {e}"))?;
+    let in_use = node.md();
+    disk::write_superblock(
+        &dev,
+        &layout,
+        &Superblock {
+            la_size_sect: in_use.la_size_sect,
+            uuids: in_use.uuids,
+            flags: in_use.flags,
+            magic: MAGIC_V08,
+            ..sb
+        },
+    )
+    .map_err(|e| format!("writing the meta-data: {e}"))?;
     let access = Arc::new(Mutex::new(Access::Refused(secondary_reason(&spec.name))));
     let volume = ReplicatedVolume {
         name: spec.name.clone(),
@@ -152,8 +193,8 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
         name: spec.name,
         node,
         backing: spec.backing,
-        md_dev: spec.attached.dev,
-        layout: spec.attached.layout,
+        md_dev: dev,
+        layout,
         sb_base: sb,
         conn: None,
         gen: 0,
@@ -182,7 +223,7 @@ struct Task {
     name: String,
     node: Node,
     backing: Backing,
-    md_dev: MdDevice,
+    md_dev: Arc<MdDevice>,
     layout: Layout,
     sb_base: Superblock,
     conn: Option<Connection>,
@@ -414,6 +455,18 @@ impl Task {
                     tracing::error!(resource = %self.name, "writing the meta-data failed: {e}");
                 }
             }
+            Action::WriteAl { io, index, block } => {
+                let (dev, layout, tx) = (self.md_dev.clone(), self.layout, self.tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let result = disk::write_al(&dev, &layout, index, &block)
+                        .map(|()| None)
+                        .map_err(|e| {
+                            tracing::error!("writing the activity log failed: {e}");
+                            libc::EIO
+                        });
+                    let _ = tx.send(Msg::IoDone { io, result });
+                });
+            }
             Action::WriteBitmap => {
                 if let Err(e) =
                     disk::write_bitmap(&self.md_dev, &self.layout, self.node.bitmap_words())
@@ -538,8 +591,8 @@ impl Task {
         for a in actions {
             self.action(a);
         }
-        self.action(Action::WriteMd(self.node.md()));
         self.action(Action::WriteBitmap);
+        self.action(Action::WriteMd(self.node.clean_md()));
         Ok(())
     }
 }

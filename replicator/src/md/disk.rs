@@ -433,6 +433,32 @@ pub fn write_superblock(dev: &MdDevice, layout: &Layout, sb: &Superblock) -> Res
     dev.sync()
 }
 
+/// Reads every block of the activity-log ring.
+pub fn read_al(dev: &MdDevice, layout: &Layout) -> Result<Vec<[u8; BLOCK_BYTES]>, MdError> {
+    let blocks = layout.al_bytes() / BLOCK_BYTES as u64;
+    (0..blocks)
+        .map(|i| dev.read_block(layout.al_byte_offset() + i * BLOCK_BYTES as u64))
+        .collect()
+}
+
+/// Writes one activity-log transaction into ring slot `index` and makes it stable.
+pub fn write_al(dev: &MdDevice, layout: &Layout, index: u32, block: &[u8]) -> Result<(), MdError> {
+    let slots = layout.al_bytes() / BLOCK_BYTES as u64;
+    let offset = layout.al_byte_offset() + (u64::from(index) % slots) * BLOCK_BYTES as u64;
+    dev.write_at(offset, block)?;
+    dev.sync()
+}
+
+/// Rewrites the whole ring as create-md does (every slot an "initialized" transaction), so
+/// old transactions can never be replayed again.
+pub fn reset_al(dev: &MdDevice, layout: &Layout) -> Result<(), MdError> {
+    let block = AlTransaction::initialized().encode();
+    let len = usize::try_from(layout.al_bytes()).expect("AL fits memory");
+    let ring: Vec<u8> = block.iter().copied().cycle().take(len).collect();
+    dev.write_at(layout.al_byte_offset(), &ring)?;
+    dev.sync()
+}
+
 /// Writes the bitmap words and makes them stable.
 pub fn write_bitmap(dev: &MdDevice, layout: &Layout, words: &[u64]) -> Result<(), MdError> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
