@@ -396,6 +396,7 @@ enum IoPurpose {
     },
     ResyncDoneFlush,
     AlTransaction,
+    BitmapFlush,
 }
 
 #[derive(Debug)]
@@ -555,6 +556,7 @@ pub struct Node {
     rx_epochs: BTreeMap<u32, RxEpoch>,
     rx_queue: VecDeque<Blocked>,
     al: ActivityLog,
+    bitmap_flush_pending: bool,
     /// Writes whose extents wait for an activity-log transaction.
     al_wait: VecDeque<Blocked>,
     /// After the bitmap exchange: become SyncSource (true) or SyncTarget (false).
@@ -646,6 +648,7 @@ impl Node {
             rx_epochs: BTreeMap::new(),
             rx_queue: VecDeque::new(),
             al: ActivityLog::new(cfg.al_extents),
+            bitmap_flush_pending: false,
             al_wait: VecDeque::new(),
             pending_sync: None,
             resync: None,
@@ -1431,6 +1434,12 @@ impl Node {
                 self.rs_pump();
             }
             IoPurpose::ResyncDoneFlush => self.finish_sync_target(),
+            IoPurpose::BitmapFlush => {
+                self.bitmap_flush_pending = false;
+                if result.is_ok() {
+                    self.out.push(Action::WriteBitmap);
+                }
+            }
             IoPurpose::AlTransaction => {
                 if let Err(e) = result {
                     self.last_error = Some(format!("writing the activity log failed (errno {e})"));
@@ -1681,6 +1690,13 @@ impl Node {
             }
             Packet::Ping => self.out.push(Action::Send(Packet::PingAck)),
             Packet::PingAck => self.ping_sent_ms = None,
+            Packet::SyncUuid { uuid } => {
+                if self.repl == ReplState::SyncTarget {
+                    self.md.uuids[0] = uuid;
+                    self.md.uuids[1] = 0;
+                    self.persist();
+                }
+            }
             other => self.protocol_error(format!("unexpected {other:?}")),
         }
     }
@@ -1879,14 +1895,23 @@ impl Node {
         self.repl = ReplState::SyncSource;
         self.peer.disk = Some(DiskState::Inconsistent);
         self.resync = Some(self.new_resync());
+        // A new bitmap UUID that the target takes as its current one: if the resync is
+        // interrupted, the next connection finds "target current == source bitmap" and resumes
+        // from the bitmaps instead of starting over (DRBD's P_SYNC_UUID).
+        let bm = self.md.uuids[1];
+        let uuid = if bm != 0 && bm != UUID_JUST_CREATED {
+            bm.wrapping_add(1 << 48)
+        } else {
+            self.new_uuid()
+        };
+        self.md.uuids[1] = uuid;
+        self.persist();
         self.out.push(Action::WriteBitmap);
+        self.out.push(Action::Send(Packet::SyncUuid { uuid }));
         self.notify(format!(
             "replication SyncSource ({} KiB to sync)",
             self.bitmap.count() * 4
         ));
-        if self.bitmap.count() == 0 {
-            // Nothing differs; the target will say UpToDate right away.
-        }
     }
 
     fn start_sync_target(&mut self) {
@@ -2088,12 +2113,27 @@ impl Node {
             }
         }
         let count = self.bitmap.count();
+        let mut persist_progress = false;
         if let Some(rs) = self.resync.as_mut() {
             if rs.samples.back().is_none_or(|&(t, _)| now >= t + 1000) {
                 rs.samples.push_back((now, count));
                 while rs.samples.len() > 10 {
                     rs.samples.pop_front();
                 }
+                persist_progress = true;
+            }
+        }
+        if persist_progress {
+            // Resync progress survives a crash: once a second the bitmap goes to disk; on the
+            // SyncTarget only after a flush, so no bit is cleared before its data is stable.
+            if self.repl == ReplState::SyncTarget {
+                if !self.bitmap_flush_pending {
+                    self.bitmap_flush_pending = true;
+                    let io = self.io(IoPurpose::BitmapFlush);
+                    self.out.push(Action::LocalFlush { io });
+                }
+            } else {
+                self.out.push(Action::WriteBitmap);
             }
         }
         self.rs_pump();

@@ -578,3 +578,48 @@ fn data_integrity_mismatch_disconnects_and_marks_out_of_sync() {
     h.connect();
     assert!(h.disks[0] == h.disks[1], "the resync repaired the block");
 }
+
+#[test]
+fn interrupted_full_sync_resumes_from_the_bitmaps() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut h = Harness::new(Protocol::C, 10);
+    h.disks[0]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i % 251) as u8);
+    h.connect();
+    let replies = Rc::new(Cell::new(0u32));
+    let r = replies.clone();
+    h.hold = Some(Box::new(move |_, p| {
+        if matches!(p, Packet::RsDataReply { .. }) {
+            r.set(r.get() + 1);
+            return r.get() > 20;
+        }
+        false
+    }));
+    h.command(0, Command::Primary { force: true }).unwrap();
+    let left_kib = h.nodes[1].status(0).out_of_sync_kib;
+    assert!(
+        left_kib > 0 && left_kib < DISK / 1024,
+        "{left_kib} KiB left"
+    );
+    h.hold = None;
+    h.cut();
+    let requested = Rc::new(Cell::new(0u64));
+    let q = requested.clone();
+    h.hold = Some(Box::new(move |_, p| {
+        if let Packet::RsDataRequest { len, .. } = p {
+            q.set(q.get() + u64::from(*len));
+        }
+        false
+    }));
+    h.connect();
+    assert_eq!(h.nodes[1].disk(), DiskState::UpToDate);
+    assert!(h.disks[0] == h.disks[1]);
+    assert_eq!(
+        requested.get(),
+        left_kib * 1024,
+        "only what was left is copied again"
+    );
+}
