@@ -60,9 +60,26 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {
-        eprintln!("targetd: {e:#}");
+        eprintln!("targetd: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text a message already
+/// carries (library errors name their cause in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -178,6 +195,27 @@ fn parse_nbd_addr(s: &str) -> Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc_enoent());
+        let e = anyhow::Error::new(target::volume::VolumeError::Open {
+            path: "/x.img".into(),
+            source: io,
+        });
+        let line = one_line(&e);
+        assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+        let e = anyhow::Error::new(std::io::Error::from_raw_os_error(98)).context("cannot listen");
+        assert!(
+            one_line(&e).starts_with("cannot listen: "),
+            "{}",
+            one_line(&e)
+        );
+    }
+
+    fn libc_enoent() -> i32 {
+        2
+    }
 
     #[test]
     fn nbd_addresses() {
