@@ -121,7 +121,9 @@ async fn serve(
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("cannot listen for NBD on {addr}"))?,
+                .with_context(|| {
+                    format!("cannot listen for NBD on {addr} (is another NBD server there? pick another --nbd ADDR)")
+                })?,
         ),
         None => None,
     };

@@ -342,7 +342,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                "another server is listening there",
+                "another server is listening there; stop it or use another --run-dir",
             )));
         }
         std::fs::remove_file(path).map_err(err)?;
