@@ -54,6 +54,21 @@ pub enum Request {
         /// The resource.
         resource: String,
     },
+    /// Online verify against the peer.
+    Verify {
+        /// The resource.
+        resource: String,
+    },
+    /// Full sync from the peer.
+    Invalidate {
+        /// The resource.
+        resource: String,
+    },
+    /// Full sync to the peer.
+    InvalidateRemote {
+        /// The resource.
+        resource: String,
+    },
     /// Status of one resource or all.
     Status {
         /// Only this one.
@@ -91,6 +106,9 @@ pub struct PeerStatus {
     /// Why the last connection ended, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// KiB the last online verify found out of sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_verify_oos_kib: Option<u64>,
 }
 
 /// Status of one resource.
@@ -234,6 +252,7 @@ mod tests {
                 rate_kib_s: Some(1000),
                 eta_s: Some(3),
                 last_error: None,
+                last_verify_oos_kib: None,
             }],
         };
         let text = format_status(std::slice::from_ref(&st));

@@ -15,6 +15,27 @@ pub fn digest(alg: DigestAlg, data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Bytes each digest of [`block_digests`] covers: one bitmap block.
+pub const DIGEST_BLOCK_BYTES: usize = 4096;
+
+/// The digests of every 4 KiB block of `data`, concatenated (verify and csums compare whole
+/// blocks so that a difference marks exactly the blocks that differ).
+pub fn block_digests(alg: DigestAlg, data: &[u8]) -> Vec<u8> {
+    data.chunks(DIGEST_BLOCK_BYTES)
+        .flat_map(|c| digest(alg, c))
+        .collect()
+}
+
+/// Length of one digest.
+pub fn digest_len(alg: DigestAlg) -> usize {
+    match alg {
+        DigestAlg::Crc32c => 4,
+        DigestAlg::Md5 => 16,
+        DigestAlg::Sha1 => 20,
+        DigestAlg::Sha256 => 32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,8 +68,10 @@ const RANGE_ACK_BYTES: usize = 12;
 /// [`data_flags`] a peer may set.
 const DATA_FLAGS_KNOWN: u32 = data_flags::FUA;
 /// [`uuid_flags`] a peer may set.
-const UUID_FLAGS_KNOWN: u32 =
-    uuid_flags::DISCARD_MY_DATA | uuid_flags::CRASHED_PRIMARY | uuid_flags::INCONSISTENT;
+const UUID_FLAGS_KNOWN: u32 = uuid_flags::DISCARD_MY_DATA
+    | uuid_flags::CRASHED_PRIMARY
+    | uuid_flags::INCONSISTENT
+    | uuid_flags::SKIP_INITIAL_SYNC;
 /// The only flag of a [`Packet::Bitmap`]: the last slice.
 const BITMAP_FLAG_LAST: u32 = 1;
 
@@ -162,6 +164,8 @@ pub mod uuid_flags {
     pub const CRASHED_PRIMARY: u32 = 2;
     /// The sender's disk is Inconsistent.
     pub const INCONSISTENT: u32 = 4;
+    /// `new-current-uuid --clear-bitmap` on two fresh disks: adopt these UUIDs, no sync.
+    pub const SKIP_INITIAL_SYNC: u32 = 8;
 }
 
 /// Every packet of the protocol.
@@ -2205,13 +2209,13 @@ mod tests {
             }
         );
         let mut uuids = vec![0u8; 44];
-        uuids[43] = 8;
+        uuids[43] = 16;
         assert_eq!(
             decode_err(&frame(PacketType::Uuids, &uuids)),
             WireError::UnknownFlags {
                 packet: "Uuids",
                 field: "flags",
-                flags: 8
+                flags: 16
             }
         );
         let mut bitmap = vec![0u8; 12];

@@ -102,6 +102,22 @@ enum Command {
         #[arg(long = "clear-bitmap", required = true)]
         clear_bitmap: bool,
     },
+    /// Compare every block with the peer's (verify-alg); differences are marked out of sync.
+    Verify {
+        /// The resource.
+        resource: String,
+    },
+    /// Discard this node's data: full sync from the peer.
+    Invalidate {
+        /// The resource.
+        resource: String,
+    },
+    /// Discard the peer's data: full sync to the peer.
+    #[command(name = "invalidate-remote")]
+    InvalidateRemote {
+        /// The resource.
+        resource: String,
+    },
     /// Show the state of one resource or all, as drbdadm status does.
     Status {
         /// Only this resource.
@@ -293,6 +309,24 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Disconnect { resource } => simple(
             cli,
             Request::Disconnect {
+                resource: res(resource),
+            },
+        ),
+        Command::Verify { resource } => simple(
+            cli,
+            Request::Verify {
+                resource: res(resource),
+            },
+        ),
+        Command::Invalidate { resource } => simple(
+            cli,
+            Request::Invalidate {
+                resource: res(resource),
+            },
+        ),
+        Command::InvalidateRemote { resource } => simple(
+            cli,
+            Request::InvalidateRemote {
                 resource: res(resource),
             },
         ),

@@ -9,7 +9,7 @@ use super::al::{ActivityLog, EXTENT_BYTES};
 use super::bitmap::{Bitmap, BLOCK_BYTES};
 use super::uuid::{self, SyncDecision, Uuids};
 use crate::config::Protocol;
-use crate::digest::digest;
+use crate::digest::{block_digests, digest, digest_len};
 use crate::md::{flags, UUID_JUST_CREATED};
 use crate::wire::{data_flags, uuid_flags, Packet, WireDisk, WireRole};
 
@@ -84,6 +84,10 @@ pub enum ReplState {
     SyncSource,
     /// Receiving resync data.
     SyncTarget,
+    /// Running online verify (asking the peer for digests).
+    VerifyS,
+    /// Answering the peer's online verify.
+    VerifyT,
 }
 
 macro_rules! drbd_names {
@@ -116,7 +120,9 @@ drbd_names!(ReplState {
     WFBitMap,
     Established,
     SyncSource,
-    SyncTarget
+    SyncTarget,
+    VerifyS,
+    VerifyT
 });
 
 impl DiskState {
@@ -188,7 +194,16 @@ pub struct NodeConfig {
     pub integrity: Option<crate::config::DigestAlg>,
     /// `al-extents`: hot 4 MiB extents in the activity log.
     pub al_extents: u32,
+    /// `verify-alg`.
+    pub verify_alg: Option<crate::config::DigestAlg>,
+    /// `csums-alg`: the SyncTarget sends digests and only differing blocks are copied.
+    pub csums_alg: Option<crate::config::DigestAlg>,
+    /// The peer's node name (breaks ties when both sides have out-of-sync bits).
+    pub peer_name: String,
 }
+
+/// Online-verify requests in flight.
+const OV_WINDOW: usize = 64;
 
 /// Transactions in the activity-log ring (one stripe of 8 blocks, as create-md writes it).
 pub const AL_RING_SLOTS: u32 = 8;
@@ -213,6 +228,12 @@ pub enum Command {
     /// Start a new data generation with a clear bitmap (skip the initial sync of two
     /// just-created, identical disks).
     NewCurrentUuidClearBitmap,
+    /// Compare every block with the peer's (`verify-alg`) and mark differences out of sync.
+    Verify,
+    /// Make this node's disk Inconsistent: a full sync from the peer.
+    Invalidate,
+    /// Make the peer's disk Inconsistent: a full sync to the peer.
+    InvalidateRemote,
 }
 
 /// What happens to the node.
@@ -368,7 +389,7 @@ struct AppWrite {
     started: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum IoPurpose {
     AppWrite {
         seq: u64,
@@ -389,6 +410,7 @@ enum IoPurpose {
         id: u64,
         offset: u64,
         len: u32,
+        csum: Option<Vec<u8>>,
     },
     RsWrite {
         offset: u64,
@@ -397,6 +419,22 @@ enum IoPurpose {
     ResyncDoneFlush,
     AlTransaction,
     BitmapFlush,
+    CsumRead {
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    OvServe {
+        id: u64,
+        offset: u64,
+        len: u32,
+    },
+    OvRead {
+        id: u64,
+        offset: u64,
+        len: u32,
+        peer: Vec<u8>,
+    },
 }
 
 #[derive(Debug)]
@@ -415,6 +453,7 @@ enum Blocked {
         id: u64,
         offset: u64,
         len: u32,
+        csum: Option<Vec<u8>>,
     },
     RsWrite {
         offset: u64,
@@ -485,6 +524,18 @@ struct Resync {
     finishing: bool,
 }
 
+/// Online verify progress (VerifyS).
+#[derive(Debug, Clone)]
+struct Verify {
+    cursor: u64,
+    in_flight: HashMap<u64, (u64, u32)>,
+    total_blocks: u64,
+    done_blocks: u64,
+    found_blocks: u64,
+    started_ms: u64,
+    samples: VecDeque<(u64, u64)>,
+}
+
 /// Progress of a resync, for status.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
@@ -521,6 +572,8 @@ pub struct Status {
     pub uuids: Uuids,
     /// Why the last connection ended, if it did.
     pub last_error: Option<String>,
+    /// KiB out of sync the last online verify found.
+    pub last_verify_kib: Option<u64>,
 }
 
 /// One resource on one node.
@@ -562,6 +615,12 @@ pub struct Node {
     /// After the bitmap exchange: become SyncSource (true) or SyncTarget (false).
     pending_sync: Option<bool>,
     resync: Option<Resync>,
+    /// Online verify in progress (VerifyS).
+    ov: Option<Verify>,
+    /// KiB found out of sync by the last online verify.
+    last_verify: Option<u64>,
+    /// VerifyT: when the last request arrived.
+    ov_t_last_ms: u64,
     last_rx_ms: u64,
     ping_sent_ms: Option<u64>,
     discard_my_data: bool,
@@ -652,6 +711,9 @@ impl Node {
             al_wait: VecDeque::new(),
             pending_sync: None,
             resync: None,
+            ov: None,
+            last_verify: None,
+            ov_t_last_ms: 0,
             last_rx_ms: 0,
             ping_sent_ms: None,
             discard_my_data: false,
@@ -735,6 +797,34 @@ impl Node {
                 eta_s,
             }
         });
+        let progress = progress.or_else(|| {
+            let ov = self.ov.as_ref()?;
+            let total = ov.total_blocks.max(1);
+            let rate_blocks_s = match (ov.samples.front(), ov.samples.back()) {
+                (Some(&(t0, d0)), Some(&(t1, d1))) if t1 > t0 => {
+                    (d1 - d0) as f64 * 1000.0 / (t1 - t0) as f64
+                }
+                _ => {
+                    ov.done_blocks as f64 * 1000.0
+                        / now_ms.saturating_sub(ov.started_ms).max(1) as f64
+                }
+            };
+            let left = total.saturating_sub(ov.done_blocks);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let (rate_kib_s, eta_s) = (
+                (rate_blocks_s * 4.0) as u64,
+                if rate_blocks_s > 0.0 {
+                    (left as f64 / rate_blocks_s).ceil() as u64
+                } else {
+                    0
+                },
+            );
+            Some(Progress {
+                done_percent: ov.done_blocks as f64 * 100.0 / total as f64,
+                rate_kib_s,
+                eta_s,
+            })
+        });
         Status {
             role: self.role,
             disk: self.disk,
@@ -747,6 +837,7 @@ impl Node {
             size_bytes: self.size_bytes(),
             uuids: self.md.uuids,
             last_error: self.last_error.clone(),
+            last_verify_kib: self.last_verify,
         }
     }
 
@@ -932,19 +1023,148 @@ impl Node {
                 Ok(())
             }
             Command::NewCurrentUuidClearBitmap => {
-                if self.conn == ConnState::Connected {
-                    return Err("disconnect first: new-current-uuid --clear-bitmap is for fresh, identical disks".into());
-                }
                 if self.md.uuids[0] != UUID_JUST_CREATED {
                     return Err("the disk has data generations already; --clear-bitmap is only for just-created meta-data".into());
+                }
+                let connected = self.conn == ConnState::Connected;
+                if connected
+                    && self
+                        .peer
+                        .uuids
+                        .is_none_or(|(u, _, _)| u[0] != UUID_JUST_CREATED)
+                {
+                    return Err("the peer's meta-data is not fresh; --clear-bitmap needs two just-created disks".into());
                 }
                 self.md.uuids = [self.new_uuid(), 0, 0, 0];
                 self.bitmap.clear_all();
                 self.disk = DiskState::UpToDate;
                 self.persist();
                 self.out.push(Action::WriteBitmap);
+                if connected {
+                    // The peer adopts the same generation: both UpToDate, no initial sync.
+                    self.out.push(Action::Send(Packet::Uuids {
+                        uuids: self.md.uuids,
+                        bitmap_bits: 0,
+                        flags: uuid_flags::SKIP_INITIAL_SYNC,
+                    }));
+                    self.peer.disk = Some(DiskState::UpToDate);
+                    self.send_state();
+                }
+                self.notify(
+                    "new current UUID with a clear bitmap: the initial sync is skipped".into(),
+                );
                 Ok(())
             }
+            Command::Verify => {
+                let Some(_) = self.cfg.verify_alg else {
+                    return Err("no verify-alg is configured (net { verify-alg crc32c; })".into());
+                };
+                if self.conn != ConnState::Connected || self.repl != ReplState::Established {
+                    return Err(format!(
+                        "verify needs an Established connection (now {}/{})",
+                        self.conn, self.repl
+                    ));
+                }
+                if self.disk != DiskState::UpToDate || self.peer.disk != Some(DiskState::UpToDate) {
+                    return Err("verify needs both disks UpToDate".into());
+                }
+                self.repl = ReplState::VerifyS;
+                self.ov = Some(Verify {
+                    cursor: 0,
+                    in_flight: HashMap::new(),
+                    total_blocks: self.size_bytes().div_ceil(BLOCK_BYTES),
+                    done_blocks: 0,
+                    found_blocks: 0,
+                    started_ms: self.now_ms,
+                    samples: VecDeque::from([(self.now_ms, 0)]),
+                });
+                self.notify("replication VerifyS: online verify started".into());
+                self.ov_pump();
+                Ok(())
+            }
+            Command::Invalidate => {
+                if self.role == Role::Primary {
+                    return Err("cannot invalidate the Primary's disk; demote it first".into());
+                }
+                if self.conn == ConnState::Connected && self.peer.disk != Some(DiskState::UpToDate)
+                {
+                    return Err("the peer's disk is not UpToDate; nothing to sync from".into());
+                }
+                // A fresh generation on this side: the next UUID comparison makes it SyncTarget
+                // of a full sync.
+                self.md.uuids = [UUID_JUST_CREATED, 0, 0, 0];
+                self.disk = DiskState::Inconsistent;
+                self.bitmap.set_all();
+                self.persist();
+                self.out.push(Action::WriteBitmap);
+                if self.conn == ConnState::Connected {
+                    self.rehandshake();
+                }
+                self.notify("invalidated: full sync from the peer".into());
+                Ok(())
+            }
+            Command::InvalidateRemote => {
+                if self.conn != ConnState::Connected || self.repl != ReplState::Established {
+                    return Err("invalidate-remote needs an Established connection".into());
+                }
+                if self.peer.role == Some(Role::Primary) {
+                    return Err("the peer is Primary; its disk cannot become SyncTarget".into());
+                }
+                if self.disk != DiskState::UpToDate {
+                    return Err(format!("my disk is {}, not UpToDate", self.disk));
+                }
+                self.bitmap.set_all();
+                self.new_current_uuid();
+                self.persist();
+                self.out.push(Action::WriteBitmap);
+                self.rehandshake();
+                self.notify("invalidate-remote: full sync to the peer".into());
+                Ok(())
+            }
+        }
+    }
+
+    /// VerifyS: keeps digest requests in flight in disk order; done when all are answered.
+    fn ov_pump(&mut self) {
+        let Some(alg) = self.cfg.verify_alg else {
+            return;
+        };
+        let size = self.size_bytes();
+        let per_request = (crate::wire::MAX_DIGEST_BYTES / digest_len(alg)).max(1) as u64;
+        loop {
+            let Some(ov) = self.ov.as_mut() else { return };
+            if ov.in_flight.len() >= OV_WINDOW {
+                return;
+            }
+            if ov.cursor >= ov.total_blocks {
+                if ov.in_flight.is_empty() {
+                    let found = ov.found_blocks;
+                    self.ov = None;
+                    self.repl = ReplState::Established;
+                    self.last_verify = Some(found * 4);
+                    self.out.push(Action::WriteBitmap);
+                    self.notify(format!(
+                        "online verify done: {} KiB out of sync{}",
+                        found * 4,
+                        if found > 0 {
+                            "; disconnect and connect to resync them"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                return;
+            }
+            let offset = ov.cursor * BLOCK_BYTES;
+            let blocks = per_request.min(ov.total_blocks - ov.cursor);
+            let len =
+                u32::try_from((blocks * BLOCK_BYTES).min(size - offset)).expect("small request");
+            ov.cursor += blocks;
+            let id = self.next_id;
+            self.next_id += 1;
+            ov.in_flight.insert(id, (offset, len));
+            self.out
+                .push(Action::Send(Packet::OvRequest { id, offset, len }));
         }
     }
 
@@ -1197,8 +1417,18 @@ impl Node {
                     fua,
                 });
             }
-            Blocked::RsRead { id, offset, len } => {
-                let io = self.io(IoPurpose::RsRead { id, offset, len });
+            Blocked::RsRead {
+                id,
+                offset,
+                len,
+                csum,
+            } => {
+                let io = self.io(IoPurpose::RsRead {
+                    id,
+                    offset,
+                    len,
+                    csum,
+                });
                 self.out.push(Action::LocalRead { io, offset, len });
             }
             Blocked::RsWrite { offset, data } => {
@@ -1395,10 +1625,27 @@ impl Node {
                 }
                 self.maybe_complete_flush(flush);
             }
-            IoPurpose::RsRead { id, offset, len } => {
+            IoPurpose::RsRead {
+                id,
+                offset,
+                len,
+                csum,
+            } => {
                 self.release((offset, u64::from(len)));
                 if self.conn == ConnState::Connected {
                     match result {
+                        Ok(Some(data))
+                            if csum.as_ref().is_some_and(|c| {
+                                self.cfg
+                                    .csums_alg
+                                    .is_some_and(|alg| block_digests(alg, &data) == *c)
+                            }) =>
+                        {
+                            // csums-alg: the target already has this data.
+                            self.bitmap.clear_range(offset, u64::from(len));
+                            self.out
+                                .push(Action::Send(Packet::RsIsInSync { id, offset, len }));
+                        }
                         Ok(Some(data)) => {
                             if let Some(alg) = self.cfg.integrity {
                                 self.out.push(Action::Send(Packet::DataDigest {
@@ -1434,6 +1681,65 @@ impl Node {
                 self.rs_pump();
             }
             IoPurpose::ResyncDoneFlush => self.finish_sync_target(),
+            IoPurpose::CsumRead { id, offset, len } => match (result, self.cfg.csums_alg) {
+                (Ok(Some(data)), Some(alg)) if self.conn == ConnState::Connected => {
+                    let digest = block_digests(alg, &data);
+                    self.out.push(Action::Send(Packet::CsumRsRequest {
+                        id,
+                        offset,
+                        len,
+                        digest,
+                    }));
+                }
+                (Ok(_), _) => {}
+                (Err(_), _) => {
+                    // Our copy is unreadable: ask for the data itself.
+                    if self.conn == ConnState::Connected {
+                        self.out
+                            .push(Action::Send(Packet::RsDataRequest { id, offset, len }));
+                    }
+                }
+            },
+            IoPurpose::OvServe { id, offset, len } => {
+                if let (Ok(Some(data)), Some(alg), ConnState::Connected) =
+                    (result, self.cfg.verify_alg, self.conn)
+                {
+                    let digest = block_digests(alg, &data);
+                    self.out.push(Action::Send(Packet::OvReply {
+                        id,
+                        offset,
+                        len,
+                        digest,
+                    }));
+                }
+            }
+            IoPurpose::OvRead {
+                id,
+                offset,
+                len,
+                peer,
+            } => {
+                let Some(alg) = self.cfg.verify_alg else {
+                    return;
+                };
+                let Some(ov) = self.ov.as_mut() else { return };
+                ov.in_flight.remove(&id);
+                let blocks = u64::from(len).div_ceil(BLOCK_BYTES);
+                ov.done_blocks += blocks;
+                let mine = match result {
+                    Ok(Some(data)) => block_digests(alg, &data),
+                    _ => Vec::new(),
+                };
+                let n = digest_len(alg);
+                for (b, block) in (0..blocks).zip(0usize..) {
+                    let r = (block * n)..((block + 1) * n);
+                    if mine.get(r.clone()) != peer.get(r) {
+                        ov.found_blocks += 1;
+                        self.bitmap.set_range(offset + b * BLOCK_BYTES, BLOCK_BYTES);
+                    }
+                }
+                self.ov_pump();
+            }
             IoPurpose::BitmapFlush => {
                 self.bitmap_flush_pending = false;
                 if result.is_ok() {
@@ -1546,6 +1852,21 @@ impl Node {
                 flags,
             } => {
                 self.peer.uuids = Some((uuids, bitmap_bits, flags));
+                if flags & uuid_flags::SKIP_INITIAL_SYNC != 0
+                    && self.md.uuids[0] == UUID_JUST_CREATED
+                    && self.repl == ReplState::Established
+                {
+                    // new-current-uuid --clear-bitmap on the peer: adopt its generation.
+                    self.md.uuids = uuids;
+                    self.bitmap.clear_all();
+                    self.disk = DiskState::UpToDate;
+                    self.peer.disk = Some(DiskState::UpToDate);
+                    self.persist();
+                    self.out.push(Action::WriteBitmap);
+                    self.send_state();
+                    self.notify("the peer skipped the initial sync: disk UpToDate".into());
+                    return;
+                }
                 if self.repl == ReplState::Established && uuids[0] & !1 != self.md.uuids[0] & !1 {
                     // The peer started a new data generation while connected (primary --force).
                     self.rehandshake();
@@ -1656,7 +1977,12 @@ impl Node {
                     return self
                         .protocol_error(format!("resync request at {offset} beyond the disk"));
                 }
-                self.submit(Blocked::RsRead { id, offset, len });
+                self.submit(Blocked::RsRead {
+                    id,
+                    offset,
+                    len,
+                    csum: None,
+                });
             }
             Packet::RsDataReply { id, offset, data } => {
                 if !self.integrity_ok(id, offset, &data) {
@@ -1689,6 +2015,79 @@ impl Node {
                 }
             }
             Packet::Ping => self.out.push(Action::Send(Packet::PingAck)),
+            Packet::CsumRsRequest {
+                id,
+                offset,
+                len,
+                digest,
+            } => {
+                if self.repl != ReplState::SyncSource || self.cfg.csums_alg.is_none() {
+                    return self.protocol_error("checksum resync request while not a csums-alg SyncSource (is csums-alg the same on both nodes?)".into());
+                }
+                if offset + u64::from(len) > self.cfg.backing_bytes {
+                    return self
+                        .protocol_error(format!("resync request at {offset} beyond the disk"));
+                }
+                self.submit(Blocked::RsRead {
+                    id,
+                    offset,
+                    len,
+                    csum: Some(digest),
+                });
+            }
+            Packet::RsIsInSync { id, offset, len } => {
+                let Some(rs) = self.resync.as_mut() else {
+                    return self.protocol_error("RsIsInSync while not SyncTarget".into());
+                };
+                if rs.in_flight.remove(&id).is_none() {
+                    return self.protocol_error(format!("RsIsInSync for unknown request {id}"));
+                }
+                rs.in_flight_bytes = rs.in_flight_bytes.saturating_sub(u64::from(len));
+                self.bitmap.clear_range(offset, u64::from(len));
+                self.rs_pump();
+            }
+            Packet::OvRequest { id, offset, len } => {
+                if !matches!(self.repl, ReplState::Established | ReplState::VerifyT)
+                    || self.cfg.verify_alg.is_none()
+                {
+                    return self.protocol_error(
+                        "online verify request while not Established (is verify-alg set here?)"
+                            .into(),
+                    );
+                }
+                if offset + u64::from(len) > self.cfg.backing_bytes {
+                    return self
+                        .protocol_error(format!("verify request at {offset} beyond the disk"));
+                }
+                if self.repl == ReplState::Established {
+                    self.repl = ReplState::VerifyT;
+                    self.notify("replication VerifyT: answering the peer's online verify".into());
+                }
+                self.ov_t_last_ms = self.now_ms;
+                let io = self.io(IoPurpose::OvServe { id, offset, len });
+                self.out.push(Action::LocalRead { io, offset, len });
+            }
+            Packet::OvReply {
+                id,
+                offset,
+                len,
+                digest,
+            } => {
+                let known = self
+                    .ov
+                    .as_ref()
+                    .is_some_and(|ov| ov.in_flight.get(&id) == Some(&(offset, len)));
+                if !known {
+                    return self.protocol_error(format!("verify reply for unknown request {id}"));
+                }
+                let io = self.io(IoPurpose::OvRead {
+                    id,
+                    offset,
+                    len,
+                    peer: digest,
+                });
+                self.out.push(Action::LocalRead { io, offset, len });
+            }
             Packet::PingAck => self.ping_sent_ms = None,
             Packet::SyncUuid { uuid } => {
                 if self.repl == ReplState::SyncTarget {
@@ -1763,7 +2162,7 @@ impl Node {
         if self.repl != ReplState::WFReportParams {
             return;
         }
-        let (Some((p_backing, p_user, p_current)), Some((p_uuids, _, p_flags)), Some(p_role)) =
+        let (Some((p_backing, p_user, p_current)), Some((p_uuids, p_bits, p_flags)), Some(p_role)) =
             (self.peer.sizes, self.peer.uuids, self.peer.role)
         else {
             return;
@@ -1804,6 +2203,15 @@ impl Node {
             self.persist();
         }
         let i_am_source = match decision {
+            SyncDecision::NoSync if self.bitmap.count() > 0 || p_bits > 0 => {
+                // Same generation but blocks marked out of sync (online verify found them):
+                // resync exactly those, from the Primary, else from the side that has bits.
+                let my_bits = self.bitmap.count();
+                self.role == Role::Primary
+                    || (p_role != Role::Primary
+                        && (my_bits > p_bits
+                            || (my_bits == p_bits && self.cfg.name < self.cfg.peer_name)))
+            }
             SyncDecision::NoSync => {
                 let usable = |d: DiskState| d >= DiskState::Outdated && d != DiskState::DUnknown;
                 if usable(self.disk) && usable(p_disk) {
@@ -1935,7 +2343,12 @@ impl Node {
         }
         let size = self.size_bytes();
         let window = self.cfg.resync_window_bytes.max(BLOCK_BYTES);
-        let max_blocks = (self.cfg.resync_request_bytes / BLOCK_BYTES).max(1);
+        let mut max_blocks = (self.cfg.resync_request_bytes / BLOCK_BYTES).max(1);
+        if let Some(alg) = self.cfg.csums_alg {
+            // One digest per block, all in one packet.
+            max_blocks =
+                max_blocks.min((crate::wire::MAX_DIGEST_BYTES / digest_len(alg)).max(1) as u64);
+        }
         let rate = self.cfg.resync_rate_bytes_per_s as f64;
         let now = self.now_ms;
         let mut restarted = false;
@@ -1985,11 +2398,16 @@ impl Node {
                 (offset, u32::try_from(len).expect("resync request size")),
             );
             rs.in_flight_bytes += len;
-            self.out.push(Action::Send(Packet::RsDataRequest {
-                id,
-                offset,
-                len: u32::try_from(len).expect("resync request size"),
-            }));
+            let len = u32::try_from(len).expect("resync request size");
+            if self.cfg.csums_alg.is_some() {
+                // csums-alg: read our copy, send its digests; the source sends data only if
+                // they differ.
+                let io = self.io(IoPurpose::CsumRead { id, offset, len });
+                self.out.push(Action::LocalRead { io, offset, len });
+            } else {
+                self.out
+                    .push(Action::Send(Packet::RsDataRequest { id, offset, len }));
+            }
         }
     }
 
@@ -2061,6 +2479,7 @@ impl Node {
         self.rx_epochs.clear();
         self.start_rx_writes();
         self.resync = None;
+        self.ov = None;
         self.pending_sync = None;
         if self.role == Role::Primary
             && self.disk == DiskState::UpToDate
@@ -2110,6 +2529,17 @@ impl Node {
                     reason: reason.clone(),
                 });
                 return self.lose_peer(reason, ConnState::Connecting);
+            }
+        }
+        if self.repl == ReplState::VerifyT && now.saturating_sub(self.ov_t_last_ms) > 2000 {
+            self.repl = ReplState::Established;
+        }
+        if let Some(ov) = self.ov.as_mut() {
+            if ov.samples.back().is_none_or(|&(t, _)| now >= t + 1000) {
+                ov.samples.push_back((now, ov.done_blocks));
+                while ov.samples.len() > 10 {
+                    ov.samples.pop_front();
+                }
             }
         }
         let count = self.bitmap.count();

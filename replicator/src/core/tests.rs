@@ -48,6 +48,13 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         allow_two_primaries: false,
         integrity: None,
         al_extents: 61,
+        verify_alg: Some(crate::config::DigestAlg::Crc32c),
+        csums_alg: None,
+        peer_name: if name == "alpha" {
+            "beta".into()
+        } else {
+            "alpha".into()
+        },
     }
 }
 
@@ -622,4 +629,114 @@ fn interrupted_full_sync_resumes_from_the_bitmaps() {
         left_kib * 1024,
         "only what was left is copied again"
     );
+}
+
+/// Counts the bytes of resync data requested, and of data that actually crossed.
+fn count_resync(
+    h: &mut Harness,
+) -> (
+    std::rc::Rc<std::cell::Cell<u64>>,
+    std::rc::Rc<std::cell::Cell<u64>>,
+) {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (requested, sent) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
+    let (q, d) = (requested.clone(), sent.clone());
+    h.hold = Some(Box::new(move |_, p| {
+        match p {
+            Packet::RsDataRequest { len, .. } | Packet::CsumRsRequest { len, .. } => {
+                q.set(q.get() + u64::from(*len))
+            }
+            Packet::RsDataReply { data, .. } => d.set(d.get() + data.len() as u64),
+            _ => {}
+        }
+        false
+    }));
+    (requested, sent)
+}
+
+#[test]
+fn online_verify_finds_differences_and_reconnect_resyncs_exactly_them() {
+    let mut h = Harness::synced(Protocol::C, 11);
+    h.disks[1][3 * 4096 + 7] ^= 0xff; // silent corruption on beta
+    h.disks[1][700 * 4096] ^= 0x01;
+    h.command(0, Command::Verify).unwrap();
+    assert_eq!(h.nodes[0].status(0).last_verify_kib, Some(8));
+    assert_eq!(h.nodes[0].status(0).out_of_sync_kib, 8);
+    assert_eq!(h.nodes[0].status(0).replication, ReplState::Established);
+    h.cut();
+    let (requested, sent) = count_resync(&mut h);
+    h.connect();
+    assert_eq!(requested.get(), 8192, "exactly the two blocks");
+    assert_eq!(sent.get(), 8192);
+    assert!(h.disks[0] == h.disks[1]);
+}
+
+#[test]
+fn csums_resync_sends_only_blocks_that_differ() {
+    let mut h = Harness::with(Protocol::C, 12, |c| {
+        c.csums_alg = Some(crate::config::DigestAlg::Md5)
+    });
+    h.connect();
+    h.command(0, Command::Primary { force: true }).unwrap();
+    h.run();
+    h.cut();
+    // 16 blocks rewritten with what they already hold, 2 changed.
+    let same = h.disks[0][0..16 * 4096].to_vec();
+    let req = h.next_req;
+    h.next_req += 1;
+    h.feed(
+        0,
+        Event::Write {
+            req,
+            offset: 0,
+            data: Bytes::from(same),
+            fua: false,
+        },
+    );
+    h.write(0, 100 * 4096, 0x77, 8192);
+    h.run();
+    assert_eq!(h.nodes[0].status(0).out_of_sync_kib, 18 * 4);
+    let (requested, sent) = count_resync(&mut h);
+    h.connect();
+    assert_eq!(requested.get(), 18 * 4096, "digests for every marked block");
+    assert_eq!(sent.get(), 8192, "data only where the digests differ");
+    assert!(h.disks[0] == h.disks[1]);
+}
+
+#[test]
+fn invalidate_and_invalidate_remote_copy_everything() {
+    let mut h = Harness::synced(Protocol::C, 13);
+    let e = h.command(0, Command::Invalidate).unwrap_err();
+    assert!(e.contains("Primary"), "{e}");
+    let (requested, _) = count_resync(&mut h);
+    h.command(1, Command::Invalidate).unwrap();
+    h.run();
+    assert_eq!(requested.get(), DISK, "beta took everything from alpha");
+    assert_eq!(h.nodes[1].disk(), DiskState::UpToDate);
+    let (requested, _) = count_resync(&mut h);
+    h.command(0, Command::InvalidateRemote).unwrap();
+    h.run();
+    assert_eq!(requested.get(), DISK, "alpha pushed everything to beta");
+    assert_eq!(h.nodes[1].disk(), DiskState::UpToDate);
+    assert!(h.disks[0] == h.disks[1]);
+}
+
+#[test]
+fn clear_bitmap_skips_the_initial_sync() {
+    let mut h = Harness::new(Protocol::C, 14);
+    h.connect();
+    let (requested, _) = count_resync(&mut h);
+    h.command(0, Command::NewCurrentUuidClearBitmap).unwrap();
+    h.run();
+    for n in &h.nodes {
+        assert_eq!(n.disk(), DiskState::UpToDate);
+    }
+    assert_eq!(h.nodes[0].md().uuids[0], h.nodes[1].md().uuids[0]);
+    assert_eq!(requested.get(), 0);
+    h.command(0, Command::Primary { force: false }).unwrap();
+    let e = h
+        .command(1, Command::NewCurrentUuidClearBitmap)
+        .unwrap_err();
+    assert!(e.contains("just-created"), "{e}");
 }

@@ -176,6 +176,11 @@ impl Daemon {
                 self.command(&resource, Command::NewCurrentUuidClearBitmap)
                     .await
             }
+            Request::Verify { resource } => self.command(&resource, Command::Verify).await,
+            Request::Invalidate { resource } => self.command(&resource, Command::Invalidate).await,
+            Request::InvalidateRemote { resource } => {
+                self.command(&resource, Command::InvalidateRemote).await
+            }
             Request::Status { resource } => {
                 return match self.status(resource.as_deref()).await {
                     Ok(s) => Response {
@@ -294,6 +299,9 @@ impl Daemon {
             allow_two_primaries: net.allow_two_primaries,
             integrity: net.data_integrity_alg,
             al_extents: r.disk.al_extents,
+            verify_alg: net.verify_alg,
+            csums_alg: net.csums_alg,
+            peer_name: peer_host.name.clone(),
         };
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;

@@ -548,6 +548,7 @@ impl Task {
                 rate_kib_s: syncing.map(|p| p.rate_kib_s),
                 eta_s: syncing.map(|p| p.eta_s),
                 last_error: s.last_error,
+                last_verify_oos_kib: s.last_verify_kib,
             }],
         }
     }
