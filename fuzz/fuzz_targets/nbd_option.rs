@@ -17,6 +17,7 @@ fn view(name: &str) -> ExportView {
         size_bytes: 1 << 30,
         flags: 0x0d6d,
         refusal: (name == "r0").then(|| "r0 is Secondary".to_string()),
+        min_block_bytes: if name == "r0" { 512 } else { 1 },
     }
 }
 

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         flags: u16::from_be_bytes([head[8], head[9]]),
         structured: head[10] & 1 != 0,
         allocation_context: (head[10] & 2 != 0).then_some(1),
+        min_block_bytes: if head[10] & 4 != 0 { 512 } else { 1 },
     };
     let _ = decode_reply(rest);
     while let Ok(Decoded::Frame(request, used)) = decode_request(rest) {

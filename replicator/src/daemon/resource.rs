@@ -673,6 +673,11 @@ impl Volume for ReplicatedVolume {
         self.access.lock().expect("access lock").clone()
     }
 
+    fn min_block_bytes(&self) -> u32 {
+        // Replication moves whole sectors (the wire and the bitmap count in 512-byte units).
+        512
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             trim: false,

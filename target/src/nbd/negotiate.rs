@@ -41,6 +41,8 @@ pub struct ExportView {
     pub flags: u16,
     /// `Some(reason)` when the export exists but may not be used now.
     pub refusal: Option<String>,
+    /// The minimum block size to advertise (and enforce for writes).
+    pub min_block_bytes: u32,
 }
 
 /// The exports as the negotiation sees them.
@@ -132,6 +134,7 @@ impl Negotiation {
             flags |= tf::SEND_DF;
         }
         Session {
+            min_block_bytes: export.min_block_bytes,
             size_bytes: export.size_bytes,
             flags,
             structured: self.structured,
@@ -274,7 +277,7 @@ impl Negotiation {
                     Info::Description(export.description.clone()),
                 )),
                 info::BLOCK_SIZE => send(OptionReply::Info(Info::BlockSize {
-                    min: MIN_BLOCK_BYTES,
+                    min: export.min_block_bytes.max(MIN_BLOCK_BYTES),
                     preferred: PREFERRED_BLOCK_BYTES,
                     max_payload: MAX_PAYLOAD_BYTES,
                 })),
@@ -383,6 +386,7 @@ mod tests {
             size_bytes: 1 << 20,
             flags: tf::HAS_FLAGS | tf::SEND_FLUSH,
             refusal: (name == "r0").then(|| "r0 is Secondary; only the Primary serves it".into()),
+            min_block_bytes: 1,
         }
     }
 
@@ -483,6 +487,7 @@ mod tests {
             Outcome::Transmission {
                 export: "a.img".into(),
                 session: Session {
+                    min_block_bytes: 1,
                     size_bytes: 1 << 20,
                     flags: want_flags,
                     structured: true,
@@ -509,6 +514,7 @@ mod tests {
             s.outcome,
             Outcome::Transmission {
                 session: Session {
+                    min_block_bytes: 1,
                     allocation_context: None,
                     ..
                 },

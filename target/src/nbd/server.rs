@@ -136,6 +136,7 @@ impl Export {
                 Access::Refused(why) => Some(why),
                 _ => None,
             },
+            min_block_bytes: self.volume.min_block_bytes(),
         }
     }
 }

@@ -192,6 +192,8 @@ pub struct Session {
     pub structured: bool,
     /// The id of `base:allocation` when the client selected it for this export.
     pub allocation_context: Option<u32>,
+    /// Writes must be aligned to this (the advertised minimum block size); 1 = any.
+    pub min_block_bytes: u32,
 }
 
 /// What a valid request asks the server to do.
@@ -284,6 +286,17 @@ pub fn check_request(s: &Session, r: &Request) -> Result<Action, Errno> {
         .is_some_and(|end| end <= s.size_bytes);
     let fua = flag(cmd_flags::FUA);
     let range = |past_end: Errno| if in_range { Ok(()) } else { Err(past_end) };
+    let aligned = s.min_block_bytes <= 1
+        || (r.offset % u64::from(s.min_block_bytes) == 0 && r.length % s.min_block_bytes == 0);
+    if !aligned
+        && matches!(
+            r.command,
+            Command::Write | Command::WriteZeroes | Command::Trim
+        )
+    {
+        // The export advertised this minimum block size; a write below it is refused.
+        return Err(Errno::Inval);
+    }
     let action = match r.command {
         Command::Disc => return Ok(Action::Disconnect),
         Command::Unknown(_) => return Err(Errno::Inval),
@@ -639,6 +652,7 @@ mod tests {
 
     fn session() -> Session {
         Session {
+            min_block_bytes: 1,
             size_bytes: 1 << 20,
             flags: ALL_FLAGS,
             structured: true,
@@ -714,6 +728,31 @@ mod tests {
         let mut b = Vec::new();
         req(Command::Read, 0, 0, MAX_PAYLOAD_BYTES + 1).encode_header(&mut b);
         assert!(matches!(decode_request(&b), Ok(Decoded::Frame(..))));
+    }
+
+    #[test]
+    fn writes_below_the_minimum_block_size_are_refused() {
+        let s = Session {
+            min_block_bytes: 512,
+            ..session()
+        };
+        assert_eq!(
+            check_request(&s, &req(Command::Write, 0, 1, 512)),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            check_request(&s, &req(Command::Write, 0, 512, 100)),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            check_request(&s, &req(Command::WriteZeroes, 0, 0, 1)),
+            Err(Errno::Inval)
+        );
+        assert!(check_request(&s, &req(Command::Write, 0, 1024, 4096)).is_ok());
+        assert!(
+            check_request(&s, &req(Command::Read, 0, 1, 3)).is_ok(),
+            "reads may be unaligned"
+        );
     }
 
     #[test]
@@ -920,7 +959,7 @@ mod tests {
         #[test]
         fn check_request_never_panics(flags: u16, command: u16, offset: u64, length: u32,
                                       size: u64, sflags: u16, structured: bool) {
-            let s = Session { size_bytes: size, flags: sflags, structured, allocation_context: Some(1) };
+            let s = Session { size_bytes: size, flags: sflags, structured, allocation_context: Some(1), min_block_bytes: 1 };
             let r = Request { flags, command: Command::from_code(command), cookie: 0, offset, length };
             if let Ok(a) = check_request(&s, &r) {
                 // Whatever is accepted lies within the export.

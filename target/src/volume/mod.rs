@@ -144,6 +144,12 @@ pub trait Volume: Send + Sync + 'static {
     /// Which optional operations are supported.
     fn capabilities(&self) -> Capabilities;
 
+    /// The smallest write unit: writes must be aligned to it in offset and length. Exports
+    /// advertise it (NBD's minimum block size) and refuse unaligned writes. 1 means any.
+    fn min_block_bytes(&self) -> u32 {
+        1
+    }
+
     /// Reads `length` bytes at `offset`.
     fn read(&self, offset: u64, length: u32) -> VolumeFuture<Vec<u8>>;
 
