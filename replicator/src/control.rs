@@ -182,6 +182,15 @@ pub struct EventLine {
     pub replication: String,
     /// Peer disk after it.
     pub peer_disk: String,
+    /// Resync or verify progress in percent, while one runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<f64>,
+    /// Its rate, KiB/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_kib_s: Option<u64>,
+    /// Seconds left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<u64>,
 }
 
 /// Formats statuses the way `drbdadm status` does.

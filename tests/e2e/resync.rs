@@ -85,3 +85,96 @@ fn online_verify_then_reconnect_repairs_exactly_the_differences() {
         "replicas identical after the repair"
     );
 }
+
+/// Application writes come first: with the dynamic controller, a resync at full speed slows to
+/// c-min-rate while the Primary is written, the writes complete and verify, and the resync
+/// finishes once they stop.
+#[test]
+fn application_writes_progress_during_a_full_speed_resync() {
+    let mut p = Pair::with_disk(
+        23,
+        'C',
+        "",
+        "c-plan-ahead 20; c-fill-target 1M; c-max-rate 50M; c-min-rate 1M;",
+    );
+    p.start(0);
+    p.start(1);
+    run_ok(&mut p.replctl(0, &["up", "r0"]));
+    run_ok(&mut p.replctl(1, &["up", "r0"]));
+    p.wait_status(0, "alpha connected", |s| {
+        s["peers"][0]["connection"] == "Connected"
+    });
+    // `replctl events` streams the resync's progress.
+    let mut events = tandem_tests::ChildGuard(
+        p.replctl(0, &["events"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = events.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    run_ok(&mut p.replctl(0, &["primary", "--force", "r0"]));
+    let uri = p.nodes[0].nbd_uri("r0");
+    let out = run_ok(
+        Command::new(tool("fio", "fio"))
+            .current_dir(p.path())
+            .args([
+                "--name=app",
+                "--ioengine=nbd",
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=8",
+            ])
+            .args([
+                "--size=8M",
+                "--verify=crc32c",
+                "--do_verify=1",
+                "--verify_fatal=1",
+            ])
+            .args(["--verify_state_save=0"])
+            .arg(format!("--uri={uri}")),
+    );
+    assert!(
+        out.contains("err= 0") && !out.contains("verify: bad"),
+        "{out}"
+    );
+    let s = p.status(0);
+    assert_eq!(
+        s["peers"][0]["replication"], "SyncSource",
+        "the resync yielded to the application: still running after the writes: {s}"
+    );
+    assert!(s["peers"][0]["done"].as_f64().unwrap() < 100.0, "{s}");
+    let progress = rx
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap())
+        .find(|e| e["what"].as_str().is_some_and(|w| w.contains("done:")))
+        .expect("a progress event");
+    assert_eq!(progress["replication"], "SyncSource", "{progress}");
+    assert!(
+        progress["what"].as_str().unwrap().contains("done:"),
+        "{progress}"
+    );
+    assert!(
+        progress.get("rate-kib-s").is_some() && progress.get("eta-s").is_some(),
+        "{progress}"
+    );
+    drop(events);
+    p.wait_status(1, "the resync to finish once the writes stop", |s| {
+        s["disk"] == "UpToDate" && s["peers"][0]["replication"] == "Established"
+    });
+    let size = p.size();
+    run_ok(&mut p.replctl(0, &["down", "r0"]));
+    run_ok(&mut p.replctl(1, &["down", "r0"]));
+    assert!(p.data(0, size) == p.data(1, size));
+}

@@ -50,6 +50,11 @@ impl Pair {
     /// Creates the namespaces and disks, writes the config (`net_extra` goes into the net
     /// section) and runs `create-md` on both nodes. `id` (1..=250) keeps concurrent tests apart.
     pub fn new(id: u8, protocol: char, net_extra: &str) -> Pair {
+        Pair::with_disk(id, protocol, net_extra, "c-plan-ahead 0; resync-rate 1G;")
+    }
+
+    /// Like [`Pair::new`] with the resource's whole `disk { }` section given.
+    pub fn with_disk(id: u8, protocol: char, net_extra: &str, disk: &str) -> Pair {
         let dir = tempfile::tempdir().expect("temp dir");
         let ns = [
             Netns::new(&format!("tnd{id}a")),
@@ -82,7 +87,7 @@ impl Pair {
                 "resource r0 {{
     net {{ protocol {protocol}; cram-hmac-alg sha256; shared-secret \"tandem-test\";
            connect-int 1; ping-int 1; ping-timeout 10; {net_extra} }}
-    disk {{ c-plan-ahead 0; resync-rate 1G; }}
+    disk {{ {disk} }}
     on alpha {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
     on beta  {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
 }}\n",

@@ -182,12 +182,18 @@ pub struct NodeConfig {
     pub ack_timeout_ms: u64,
     /// Flush the backing disk at barriers and client flushes.
     pub disk_flushes: bool,
-    /// Resync bytes in flight (c-fill-target).
+    /// Resync bytes in flight: `c-fill-target` with the dynamic controller, a fixed window
+    /// without it.
     pub resync_window_bytes: u64,
     /// Largest resync request.
     pub resync_request_bytes: u64,
-    /// Resync rate limit (c-max-rate or resync-rate), bytes per second.
+    /// Resync rate limit (c-max-rate, or resync-rate when c-plan-ahead is 0), bytes per second.
     pub resync_rate_bytes_per_s: u64,
+    /// `c-min-rate`: while application IO is active the resync slows to this (0: never).
+    pub resync_min_rate_bytes_per_s: u64,
+    /// `c-delay-target` when `c-fill-target` is 0: keep this much of the measured rate in
+    /// flight (milliseconds); 0 when not used.
+    pub resync_delay_target_ms: u64,
     /// `allow-two-primaries`.
     pub allow_two_primaries: bool,
     /// `data-integrity-alg`: every Data and RsDataReply is preceded by its digest.
@@ -624,6 +630,8 @@ pub struct Node {
     last_rx_ms: u64,
     ping_sent_ms: Option<u64>,
     discard_my_data: bool,
+    /// When application IO was last seen (client writes, or the peer's writes).
+    last_app_io_ms: Option<u64>,
     /// The `DataDigest` waiting for its Data or RsDataReply.
     pending_digest: Option<(u64, Vec<u8>)>,
     last_error: Option<String>,
@@ -717,6 +725,7 @@ impl Node {
             last_rx_ms: 0,
             ping_sent_ms: None,
             discard_my_data: false,
+            last_app_io_ms: None,
             pending_digest: None,
             last_error: None,
             out: Vec::new(),
@@ -1187,6 +1196,7 @@ impl Node {
 
     fn client_write(&mut self, req: ReqId, offset: u64, data: Bytes, fua: bool) {
         let len = data.len() as u64;
+        self.last_app_io_ms = Some(self.now_ms);
         if self.role != Role::Primary {
             self.out.push(Action::Complete {
                 req,
@@ -1928,6 +1938,7 @@ impl Node {
                 if !self.integrity_ok(seq, offset, &data) {
                     return;
                 }
+                self.last_app_io_ms = Some(self.now_ms);
                 if self.cfg.protocol == Protocol::B {
                     self.out.push(Action::Send(Packet::RecvAck { seq }));
                 }
@@ -2342,15 +2353,32 @@ impl Node {
             return;
         }
         let size = self.size_bytes();
-        let window = self.cfg.resync_window_bytes.max(BLOCK_BYTES);
         let mut max_blocks = (self.cfg.resync_request_bytes / BLOCK_BYTES).max(1);
         if let Some(alg) = self.cfg.csums_alg {
             // One digest per block, all in one packet.
             max_blocks =
                 max_blocks.min((crate::wire::MAX_DIGEST_BYTES / digest_len(alg)).max(1) as u64);
         }
-        let rate = self.cfg.resync_rate_bytes_per_s as f64;
         let now = self.now_ms;
+        // Application IO comes first: while it is active (within the last second) the resync
+        // runs at c-min-rate at most.
+        let app_active = self
+            .last_app_io_ms
+            .is_some_and(|t| now.saturating_sub(t) < 1000);
+        let mut rate = self.cfg.resync_rate_bytes_per_s;
+        if app_active && self.cfg.resync_min_rate_bytes_per_s > 0 {
+            rate = rate.min(self.cfg.resync_min_rate_bytes_per_s);
+        }
+        let rate = rate as f64;
+        let mut window = self.cfg.resync_window_bytes;
+        if window == 0 && self.cfg.resync_delay_target_ms > 0 {
+            // c-delay-target: in flight = the measured rate times the target delay.
+            let measured = self.status(now).progress.map_or(0, |p| p.rate_kib_s) * 1024;
+            window = measured * self.cfg.resync_delay_target_ms / 1000;
+        }
+        let window = window.max(BLOCK_BYTES);
+        // The bucket holds at least one full request so a slow rate still makes progress.
+        let bucket = window.max(max_blocks * BLOCK_BYTES) as f64;
         let mut restarted = false;
         loop {
             let Some(rs) = self.resync.as_mut() else {
@@ -2360,7 +2388,7 @@ impl Node {
                 return;
             }
             let dt = now.saturating_sub(rs.last_refill_ms) as f64 / 1000.0;
-            rs.budget = (rs.budget + dt * rate).min(window as f64);
+            rs.budget = (rs.budget + dt * rate).min(bucket);
             rs.last_refill_ms = now;
             if rs.in_flight_bytes >= window {
                 return;
@@ -2386,8 +2414,8 @@ impl Node {
                 continue;
             }
             let len = (blocks * BLOCK_BYTES).min(size - offset);
-            if rs.budget < len as f64 && rs.in_flight_bytes > 0 {
-                return;
+            if rs.budget < len as f64 {
+                return; // the next tick refills the bucket
             }
             rs.budget -= len as f64;
             rs.cursor = first + blocks;
@@ -2551,6 +2579,19 @@ impl Node {
                     rs.samples.pop_front();
                 }
                 persist_progress = true;
+            }
+        }
+        if persist_progress
+            || self
+                .ov
+                .as_ref()
+                .is_some_and(|ov| ov.samples.back().is_some_and(|&(t, _)| t == now))
+        {
+            if let Some(p) = self.status(now).progress {
+                self.notify(format!(
+                    "{} done:{:.1}% rate:{}KiB/s eta:{}s",
+                    self.repl, p.done_percent, p.rate_kib_s, p.eta_s
+                ));
             }
         }
         if persist_progress {

@@ -45,6 +45,8 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         resync_window_bytes: 256 << 10,
         resync_request_bytes: 64 << 10,
         resync_rate_bytes_per_s: 1 << 40,
+        resync_min_rate_bytes_per_s: 0,
+        resync_delay_target_ms: 0,
         allow_two_primaries: false,
         integrity: None,
         al_extents: 61,

@@ -289,13 +289,24 @@ impl Daemon {
             ping_timeout_ms: u64::from(net.ping_timeout_ms),
             ack_timeout_ms: u64::from(net.timeout_ms) * u64::from(net.ko_count.max(1)),
             disk_flushes: r.disk.disk_flushes,
-            resync_window_bytes: r.disk.c_fill_target_bytes.max(4 << 20),
+            resync_window_bytes: if r.disk.c_plan_ahead_ms == 0 {
+                // Fixed rate: keep a few requests in flight.
+                4 << 20
+            } else {
+                r.disk.c_fill_target_bytes
+            },
             resync_request_bytes: 1 << 20,
             resync_rate_bytes_per_s: if r.disk.c_plan_ahead_ms == 0 {
                 r.disk.resync_rate_bytes_per_s
             } else {
                 r.disk.c_max_rate_bytes_per_s
             },
+            resync_min_rate_bytes_per_s: if r.disk.c_plan_ahead_ms == 0 {
+                0
+            } else {
+                r.disk.c_min_rate_bytes_per_s
+            },
+            resync_delay_target_ms: u64::from(r.disk.c_delay_target_ms),
             allow_two_primaries: net.allow_two_primaries,
             integrity: net.data_integrity_alg,
             al_extents: r.disk.al_extents,

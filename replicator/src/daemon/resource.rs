@@ -492,6 +492,9 @@ impl Task {
                     connection: s.connection.to_string(),
                     replication: s.replication.to_string(),
                     peer_disk: s.peer_disk.to_string(),
+                    done: s.progress.map(|p| (p.done_percent * 100.0).round() / 100.0),
+                    rate_kib_s: s.progress.map(|p| p.rate_kib_s),
+                    eta_s: s.progress.map(|p| p.eta_s),
                 });
             }
         }
