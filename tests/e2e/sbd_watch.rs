@@ -259,6 +259,74 @@ fn watch_refuses_timeouts_that_cannot_fence_in_time() {
     );
 }
 
+/// `fencectl --node NODE sbd -d A -d B ...`.
+fn fencectl_all(node: &str, devs: &[&Path]) -> Command {
+    let mut c = Command::new(bin("fencectl"));
+    c.env("TANDEM_LOG", "warn").args(["--node", node, "sbd"]);
+    for d in devs {
+        c.arg("-d").arg(d);
+    }
+    c
+}
+
+/// Zeroes the first 4 KiB of a device: no SBD header any more.
+fn wipe(dev: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+    f.write_all_at(&[0u8; 4096], 0).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Three devices, one unusable at start: the watcher starts on two, takes the third when it
+/// becomes an SBD device, survives losing one, and dies when a majority carries a pill.
+#[test]
+fn three_disks_majority() {
+    let disks = [sbd_disk(), sbd_disk(), sbd_disk()];
+    let [a, b, c] = [0, 1, 2].map(|i| disks[i].dev.path.as_path());
+    wipe(c);
+    let w = Node::new().watch(fencectl_all("alpha", &[a, b, c]), a);
+    // The third device becomes an SBD device: the watcher takes its slot there too.
+    run_ok(fencectl("beta", c).args(QUICK).arg("create"));
+    wait_for(
+        "the watcher to take its slot on the late device",
+        SOON,
+        || {
+            run_ok(fencectl("beta", c).arg("list"))
+                .contains("alpha\t")
+                .then_some(())
+        },
+    );
+    // Losing one of three leaves a majority: the node lives.
+    wipe(a);
+    std::thread::sleep(Duration::from_secs(4));
+    let mut w = w;
+    assert!(w.alive(), "two of three devices must keep the node alive");
+    // A pill on the two that are left is a majority: delivered, and the node dies.
+    run_ok(fencectl_all("beta", &[a, b, c]).args(["message", "alpha", "reset"]));
+    w.expect_killed();
+}
+
+#[test]
+fn one_of_three_disks_is_not_enough_to_start() {
+    let disks = [sbd_disk(), sbd_disk(), sbd_disk()];
+    let [a, b, c] = [0, 1, 2].map(|i| disks[i].dev.path.as_path());
+    wipe(b);
+    wipe(c);
+    let mut node = Node::new();
+    let err = run_fails(
+        fencectl_all("alpha", &[a, b, c])
+            .args(["-I", "1", "--watchdog", &format!("test:{}", node.pgid)])
+            .arg("watch"),
+    );
+    assert!(
+        err.contains("only 1 of 3 SBD devices are usable; the watcher needs 2"),
+        "{err}"
+    );
+    assert!(err.contains("not an SBD device"), "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(&mut node.sleeper.0), "no watchdog was armed");
+}
+
 /// Runs `fence_tandem_sbd` with `input` on stdin, as Pacemaker's fencer calls it.
 fn fence_tandem_sbd(input: &str) -> std::process::Output {
     use std::io::Write;

@@ -1,9 +1,10 @@
 //! The watcher's driver (`fencectl sbd ... watch`, and the library call clusterd will use):
 //! reads the disks, keeps the time, feeds the watchdog; every decision is [`Watcher`]'s.
 //!
-//! Start-up, as sbd's servant: every device must be readable, carry the same timeouts, and get
-//! a slot for this node (allocated if missing); the mailbox is checked against the start mode and
-//! cleared. Only then is the watchdog opened (which arms it) and set to the header's watchdog
+//! Start-up, as sbd's servant: each device is read, its timeouts checked, and a slot got for
+//! this node (allocated if missing); the mailbox is checked against the start mode and cleared.
+//! Enough devices to feed the watchdog must start (one of one or two, two of three), with the
+//! same timeouts; the others are retried every loop and count once they start. Only then is the watchdog opened (which arms it) and set to the header's watchdog
 //! timeout. Then one thread per disk reads header, slot and mailbox every loop timeout (each I/O
 //! bounded by the I/O timeout) and reports to the main loop, which ticks the watcher every
 //! [`TICK`].
@@ -16,7 +17,8 @@ use super::device::SbdDevice;
 use super::format::{Header, Mailbox, NodeName, Slot};
 use super::ops::{self, DeviceOptions};
 use super::watcher::{
-    check_watch_timing, may_start, Action, DiskReport, FenceReason, StartMode, State, Watcher,
+    check_watch_timing, may_start, Action, DiskReport, FenceReason, StartError, StartMode, State,
+    Watcher,
 };
 use super::SbdError;
 use crate::watchdog::Watchdog;
@@ -60,6 +62,14 @@ pub enum WatchError {
     /// The watchdog failed.
     #[error("watchdog: {0}")]
     Watchdog(std::io::Error),
+    /// Too few devices started, or their timeouts are unsafe or differ.
+    #[error("{error}{}", if failures.is_empty() { String::new() } else { format!(" ({failures})") })]
+    Start {
+        /// Why.
+        error: StartError,
+        /// Why the devices that did not start did not.
+        failures: String,
+    },
     /// A reader thread could not be started.
     #[error("cannot start a disk reader thread: {0}")]
     Thread(std::io::Error),
@@ -80,8 +90,10 @@ struct Started {
     entry: Slot,
 }
 
-/// Sets up one device as sbd's servant does at start.
-fn start_disk(path: &Path, opts: &WatchOptions) -> Result<Started, WatchError> {
+/// Sets up one device as sbd's servant does at start. A `late` start (a device that was not
+/// usable when the watcher started) neither applies the start mode nor clears the mailbox: a
+/// pill waiting there is read by the next loop and fences the node.
+fn start_disk(path: &Path, opts: &WatchOptions, late: bool) -> Result<Started, WatchError> {
     let dev = opts.device.open(path)?;
     let header = ops::read_header(&dev)?;
     // Refuse unsafe timeouts before writing anything (allocate writes a slot).
@@ -89,7 +101,19 @@ fn start_disk(path: &Path, opts: &WatchOptions) -> Result<Started, WatchError> {
     let allocated = ops::allocate(&dev, &opts.node, |_| (), std::thread::sleep)?;
     let slot = allocated.slot();
     let entry = ops::read_slot(&dev, slot)?;
-    let mailbox = ops::read_mailbox(&dev, slot)?;
+    let uuid = header.uuid().map(|u| u.to_string()).unwrap_or_default();
+    tracing::info!("monitoring slot {slot} on {} (uuid {uuid})", dev.path());
+    let started = Started {
+        dev,
+        header,
+        slot,
+        entry,
+    };
+    if late {
+        return Ok(started);
+    }
+    let dev = &started.dev;
+    let mailbox = ops::read_mailbox(dev, slot)?;
     if let Err(cmd) = may_start(opts.start_mode, &mailbox) {
         return Err(WatchError::Pending {
             path: dev.path().to_string(),
@@ -99,15 +123,38 @@ fn start_disk(path: &Path, opts: &WatchOptions) -> Result<Started, WatchError> {
             node: opts.node.to_string(),
         });
     }
-    ops::write_mailbox(&dev, slot, &Mailbox::EMPTY)?;
-    let uuid = header.uuid().map(|u| u.to_string()).unwrap_or_default();
-    tracing::info!("monitoring slot {slot} on {} (uuid {uuid})", dev.path());
-    Ok(Started {
-        dev,
-        header,
-        slot,
-        entry,
-    })
+    ops::write_mailbox(dev, slot, &Mailbox::EMPTY)?;
+    Ok(started)
+}
+
+/// Whether a start-up failure stops the watcher (a pill under start mode 1, unsafe timeouts)
+/// rather than leaving the device to start later.
+fn fatal(e: &WatchError) -> bool {
+    matches!(
+        e,
+        WatchError::Pending { .. } | WatchError::Sbd(SbdError::Timeouts(_))
+    )
+}
+
+/// What a servant tells the main loop.
+enum ServantEvent {
+    /// A device that was not usable at start-up has started.
+    Started {
+        /// Its header.
+        header: Header,
+        /// The node's slot entry.
+        entry: Slot,
+    },
+    /// One loop's read.
+    Read(DiskReport),
+}
+
+/// Where a servant begins.
+enum ServantStart {
+    /// The device started with the watcher.
+    Ready(SbdDevice, u8),
+    /// The device was not usable; keep trying every loop.
+    Pending(PathBuf, WatchOptions),
 }
 
 enum ServantCommand {
@@ -116,14 +163,36 @@ enum ServantCommand {
 }
 
 /// One disk's reader: every loop timeout, header + slot + mailbox; clears the mailbox on demand.
+/// A device that was not usable at start-up is retried every loop until it starts.
 fn servant(
     disk: usize,
-    dev: SbdDevice,
-    slot: u8,
+    start: ServantStart,
     every: Duration,
     commands: Receiver<ServantCommand>,
-    reports: Sender<(usize, DiskReport)>,
+    reports: Sender<(usize, ServantEvent)>,
 ) {
+    let (dev, slot) = match start {
+        ServantStart::Ready(dev, slot) => (dev, slot),
+        ServantStart::Pending(path, opts) => loop {
+            match commands.recv_timeout(every) {
+                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            }
+            match start_disk(&path, &opts, true) {
+                Ok(d) => {
+                    let event = ServantEvent::Started {
+                        header: d.header,
+                        entry: d.entry,
+                    };
+                    if reports.send((disk, event)).is_err() {
+                        return;
+                    }
+                    break (d.dev, d.slot);
+                }
+                Err(e) => tracing::debug!("disk {disk} still not usable: {e}"),
+            }
+        },
+    };
     loop {
         match commands.recv_timeout(every) {
             Ok(ServantCommand::ClearMailbox(seen)) => {
@@ -154,7 +223,7 @@ fn servant(
             })
         };
         let report = read().unwrap_or_else(|e| DiskReport::Failed(e.to_string()));
-        if reports.send((disk, report)).is_err() {
+        if reports.send((disk, ServantEvent::Read(report))).is_err() {
             return;
         }
     }
@@ -172,22 +241,35 @@ pub fn watch(
     mut stop: impl FnMut() -> bool,
 ) -> Result<(), WatchError> {
     assert!(!paths.is_empty(), "watch needs at least one device");
-    let started = paths
-        .iter()
-        .map(|path| start_disk(path, opts))
-        .collect::<Result<Vec<Started>, WatchError>>()?;
-    // The watcher checks the timeouts (rules, and the same on every disk) before the watchdog is
-    // armed. Its clock starts before the first feed, which only makes it fence earlier.
+    let mut started = Vec::with_capacity(paths.len());
+    let mut failures = Vec::new();
+    for path in paths {
+        match start_disk(path, opts, false) {
+            Ok(d) => started.push(Some(d)),
+            Err(e) if fatal(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}; retrying it every loop");
+                failures.push(e.to_string());
+                started.push(None);
+            }
+        }
+    }
+    // The watcher checks quorum and the timeouts (rules, and the same on every disk) before the
+    // watchdog is armed. Its clock starts before the first feed, which only makes it fence
+    // earlier.
     let epoch = Instant::now();
     let mut watcher = Watcher::new(
         started
             .iter()
-            .map(|d| (d.header, d.entry.clone()))
+            .map(|d| d.as_ref().map(|d| (d.header, d.entry.clone())))
             .collect(),
         opts.device.io_timeout,
         epoch.elapsed(),
     )
-    .map_err(SbdError::from)?;
+    .map_err(|error| WatchError::Start {
+        error,
+        failures: failures.join("; "),
+    })?;
     let timeouts = watcher.timeouts();
 
     let mut watchdog = open_watchdog().map_err(WatchError::Watchdog)?;
@@ -205,12 +287,16 @@ pub fn watch(
     let every = Duration::from_secs(u64::from(timeouts.loop_s));
     let (report_tx, reports) = mpsc::channel();
     let mut servants = Vec::new();
-    for (i, d) in started.into_iter().enumerate() {
+    for (i, (d, path)) in started.into_iter().zip(paths).enumerate() {
         let (tx, rx) = mpsc::channel();
         let reports = report_tx.clone();
+        let start = match d {
+            Some(d) => ServantStart::Ready(d.dev, d.slot),
+            None => ServantStart::Pending(path.clone(), opts.clone()),
+        };
         std::thread::Builder::new()
             .name(format!("sbd-servant {i}"))
-            .spawn(move || servant(i, d.dev, d.slot, every, rx, reports))
+            .spawn(move || servant(i, start, every, rx, reports))
             .map_err(WatchError::Thread)?;
         servants.push(tx);
     }
@@ -219,10 +305,15 @@ pub fn watch(
     loop {
         let mut actions = Vec::new();
         match reports.recv_timeout(TICK) {
-            Ok((disk, report)) => {
-                actions.extend(watcher.on_report(disk, epoch.elapsed(), report));
-                while let Ok((disk, report)) = reports.try_recv() {
-                    actions.extend(watcher.on_report(disk, epoch.elapsed(), report));
+            Ok(first) => {
+                for (disk, event) in std::iter::once(first).chain(reports.try_iter()) {
+                    let now = epoch.elapsed();
+                    actions.extend(match event {
+                        ServantEvent::Read(report) => watcher.on_report(disk, now, report),
+                        ServantEvent::Started { header, entry } => {
+                            watcher.on_started(disk, now, header, entry)
+                        }
+                    });
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}

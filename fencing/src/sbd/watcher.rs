@@ -237,12 +237,15 @@ pub enum State {
     Exiting,
 }
 
+/// One disk as the watcher knows it: what it started with (header and the node's slot entry,
+/// which later reads must match) once it has started, and its last good read.
 #[derive(Debug)]
 struct Disk {
-    header: Header,
-    slot: Slot,
-    last_good: Duration,
+    reference: Option<(Header, Slot)>,
+    last_good: Option<Duration>,
     healthy: bool,
+    /// The last failure logged, so a disk that stays bad is logged once, not every loop.
+    last_failure: Option<String>,
 }
 
 /// The decision core of `fencectl sbd watch`. Time is a monotonic [`Duration`] since any epoch
@@ -260,35 +263,90 @@ fn secs(s: u32) -> Duration {
     Duration::from_secs(u64::from(s))
 }
 
+/// Why a watcher cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// Too few disks started.
+    #[error("only {started} of {disks} SBD devices are usable; the watcher needs {needed}")]
+    NoQuorum {
+        /// Disks that started.
+        started: usize,
+        /// All disks.
+        disks: usize,
+        /// How many it needs.
+        needed: usize,
+    },
+    /// The timeouts break a rule or differ between disks.
+    #[error(transparent)]
+    Timeouts(#[from] TimeoutError),
+}
+
 impl Watcher {
-    /// A watcher over disks that start-up read successfully at `now`: each one's header and the
-    /// node's slot entry, which later reads must match. The caller has fed the watchdog at `now`.
+    /// A watcher over `disks`, each `Some` with what start-up read at `now` (its header and the
+    /// node's slot entry) or `None` for a disk that could not start yet (it may start later,
+    /// [`Watcher::on_started`]). Enough disks must have started to feed the watchdog
+    /// ([`quorum_read`]); the caller feeds it at `now`.
     pub fn new(
-        disks: Vec<(Header, Slot)>,
+        disks: Vec<Option<(Header, Slot)>>,
         io_timeout: Duration,
         now: Duration,
-    ) -> Result<Watcher, TimeoutError> {
-        assert!(!disks.is_empty(), "a watcher watches at least one disk");
-        let timeouts = disks[0].0.timeouts;
+    ) -> Result<Watcher, StartError> {
+        let started: Vec<&(Header, Slot)> = disks.iter().flatten().collect();
+        if started.is_empty() || !quorum_read(started.len(), disks.len()) {
+            let needed = (1..=disks.len())
+                .find(|&k| quorum_read(k, disks.len()))
+                .unwrap_or(1);
+            return Err(StartError::NoQuorum {
+                started: started.len(),
+                disks: disks.len(),
+                needed,
+            });
+        }
+        let timeouts = started[0].0.timeouts;
         check_watch_timing(&timeouts, io_timeout)?;
-        for (i, (h, _)) in disks.iter().enumerate() {
-            check_consistent(&format!("disk {i}"), &timeouts, &h.timeouts)?;
+        for (i, d) in disks.iter().enumerate() {
+            if let Some((h, _)) = d {
+                check_consistent(&format!("disk {i}"), &timeouts, &h.timeouts)?;
+            }
         }
         Ok(Watcher {
             timeouts,
             io_timeout,
             disks: disks
                 .into_iter()
-                .map(|(header, slot)| Disk {
-                    header,
-                    slot,
-                    last_good: now,
-                    healthy: true,
+                .map(|reference| Disk {
+                    last_good: reference.is_some().then_some(now),
+                    healthy: reference.is_some(),
+                    reference,
+                    last_failure: None,
                 })
                 .collect(),
             last_feed: now,
             state: State::Running,
         })
+    }
+
+    /// A disk that could not start at first has started: it counts from now on if its timeouts
+    /// are those in force.
+    pub fn on_started(
+        &mut self,
+        disk: usize,
+        now: Duration,
+        header: Header,
+        slot: Slot,
+    ) -> Vec<Action> {
+        let d = &mut self.disks[disk];
+        if d.reference.is_some() {
+            return vec![Action::Warn(format!("disk {disk} started twice; ignored"))];
+        }
+        if let Err(e) = check_consistent(&format!("disk {disk}"), &self.timeouts, &header.timeouts)
+        {
+            return vec![Action::Warn(format!("disk {disk} is not used: {e}"))];
+        }
+        d.reference = Some((header, slot));
+        d.last_good = Some(now);
+        d.healthy = true;
+        vec![Action::Warn(format!("disk {disk} is usable now"))]
     }
 
     /// The current state.
@@ -312,32 +370,45 @@ impl Watcher {
             return Vec::new();
         }
         let d = &mut self.disks[disk];
+        let Some((ref_header, ref_slot)) = &d.reference else {
+            return vec![Action::Warn(format!(
+                "disk {disk}: a read before it started; ignored"
+            ))];
+        };
         let (header, slot, mailbox) = match report {
-            DiskReport::Failed(why) => return vec![Action::Warn(format!("disk {disk}: {why}"))],
+            DiskReport::Failed(why) => {
+                if d.last_failure.as_ref() == Some(&why) {
+                    return Vec::new();
+                }
+                let warn = Action::Warn(format!("disk {disk}: {why}"));
+                d.last_failure = Some(why);
+                return vec![warn];
+            }
             DiskReport::Read {
                 header,
                 slot,
                 mailbox,
             } => (header, slot, mailbox),
         };
-        if header != d.header {
+        if header != *ref_header {
             return vec![Action::Warn(format!(
                 "disk {disk}: the header changed since start-up"
             ))];
         }
-        if slot != d.slot {
+        if slot != *ref_slot {
             return vec![Action::Warn(format!(
                 "disk {disk}: our slot changed since start-up"
             ))];
         }
+        d.last_failure = None;
         let from = mailbox.sender().to_string();
         match mailbox.cmd {
             Command::Clear => {
-                d.last_good = now;
+                d.last_good = Some(now);
                 Vec::new()
             }
             Command::Test => {
-                d.last_good = now;
+                d.last_good = Some(now);
                 vec![
                     Action::Warn(format!("disk {disk}: test message from '{from}'")),
                     Action::ClearMailbox {
@@ -347,7 +418,7 @@ impl Watcher {
                 ]
             }
             Command::Undefined(v) => {
-                d.last_good = now;
+                d.last_good = Some(now);
                 vec![
                     Action::Warn(format!(
                         "disk {disk}: unknown command {v} from '{from}' (a partial write?), clearing it"
@@ -378,7 +449,7 @@ impl Watcher {
         let window = self.health_window();
         let mut actions = Vec::new();
         for (i, d) in self.disks.iter_mut().enumerate() {
-            let healthy = now.saturating_sub(d.last_good) < window;
+            let healthy = d.last_good.is_some_and(|t| now.saturating_sub(t) < window);
             if healthy != d.healthy {
                 actions.push(Action::Warn(if healthy {
                     format!("disk {i} is healthy again")

@@ -33,7 +33,7 @@ fn ok(cmd: Command) -> DiskReport {
 }
 
 fn watcher(disks: usize) -> Watcher {
-    Watcher::new(vec![(header(), me()); disks], IO, s(0.0)).unwrap()
+    Watcher::new(vec![Some((header(), me())); disks], IO, s(0.0)).unwrap()
 }
 
 fn fed(actions: &[Action]) -> bool {
@@ -109,7 +109,7 @@ fn msgwait_must_cover_watchdog_loop_and_io() {
     assert_eq!(check_watch_timing(&quick, s(1.0)), Ok(()));
     assert!(check_watch_timing(&quick, IO).is_err());
     // And the watcher will not start on a disk that breaks it.
-    assert!(Watcher::new(vec![(header(), me())], s(5.0), s(0.0)).is_err());
+    assert!(Watcher::new(vec![Some((header(), me()))], s(5.0), s(0.0)).is_err());
 }
 
 #[test]
@@ -117,8 +117,12 @@ fn devices_must_agree_on_timeouts() {
     let mut other = header();
     other.timeouts.msgwait_s = 12;
     assert!(matches!(
-        Watcher::new(vec![(header(), me()), (other, me())], IO, s(0.0)),
-        Err(TimeoutError::Inconsistent { .. })
+        Watcher::new(
+            vec![Some((header(), me())), Some((other, me()))],
+            IO,
+            s(0.0)
+        ),
+        Err(StartError::Timeouts(TimeoutError::Inconsistent { .. }))
     ));
     assert!(check_consistent("d", &T, &T).is_ok());
 }
@@ -159,8 +163,15 @@ fn disk_healthy_until_io_plus_loop_passed() {
     let a = w.tick(s(14.0));
     assert!(!fed(&a), "{a:?}");
     assert!(a.iter().any(|x| matches!(x, Action::Warn(_))));
-    // Failed reads do not refresh health.
-    w.on_report(0, s(14.5), DiskReport::Failed("I/O timeout".into()));
+    // Failed reads do not refresh health; the same failure again is not logged again.
+    assert_eq!(
+        w.on_report(0, s(14.5), DiskReport::Failed("I/O timeout".into()))
+            .len(),
+        1
+    );
+    assert!(w
+        .on_report(0, s(14.6), DiskReport::Failed("I/O timeout".into()))
+        .is_empty());
     assert!(!fed(&w.tick(s(15.0))));
     // A good read before the watchdog fired: feeding resumes.
     w.on_report(0, s(16.0), ok(Command::Clear));
@@ -248,6 +259,53 @@ fn three_disks_need_two() {
         }
     }
     panic!("never fenced");
+}
+
+#[test]
+fn starts_with_a_majority_and_adopts_late_disks() {
+    let up = Some((header(), me()));
+    // Two of three started: enough; one of three: not.
+    let mut w = Watcher::new(vec![up.clone(), None, up.clone()], IO, s(0.0)).unwrap();
+    assert_eq!(
+        Watcher::new(vec![up.clone(), None, None], IO, s(0.0)).unwrap_err(),
+        StartError::NoQuorum {
+            started: 1,
+            disks: 3,
+            needed: 2
+        }
+    );
+    assert!(
+        Watcher::new(vec![up.clone(), None], IO, s(0.0)).is_ok(),
+        "one of two is enough"
+    );
+    assert!(Watcher::new(vec![None], IO, s(0.0)).is_err());
+    // Reads from a disk that has not started are ignored.
+    assert!(matches!(
+        w.on_report(1, s(1.0), ok(Command::Reset))[0],
+        Action::Warn(_)
+    ));
+    assert_eq!(w.state(), State::Running);
+    // Disk 1 starts late; then disk 0 goes away: 1 and 2 still make a majority.
+    w.on_started(1, s(2.0), header(), me());
+    for i in 3..=20 {
+        let now = s(f64::from(i));
+        w.on_report(1, now, ok(Command::Clear));
+        w.on_report(2, now, ok(Command::Clear));
+        assert!(fed(&w.tick(now)), "{now:?}");
+    }
+    // A late disk with other timeouts is not used.
+    let mut w = Watcher::new(vec![up.clone(), None, up], IO, s(0.0)).unwrap();
+    let mut other = header();
+    other.timeouts.msgwait_s = 20;
+    assert!(matches!(
+        w.on_started(1, s(1.0), other, me())[0],
+        Action::Warn(_)
+    ));
+    assert!(matches!(
+        w.on_report(1, s(1.0), ok(Command::Reset))[0],
+        Action::Warn(_)
+    ));
+    assert_eq!(w.state(), State::Running);
 }
 
 // --- messages ---
