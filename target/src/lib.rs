@@ -6,8 +6,12 @@
 //! - [`nbd`]: the NBD server (fixed newstyle, DESIGN §6): sans-IO codecs, the pure negotiation
 //!   state machine and a tokio driver that `replicatord` embeds and `targetd` runs.
 //!
+//! - [`iscsi`]: the iSCSI target (RFC 7143, SBC-3/SPC-4 disk emulation): sans-IO PDU codec,
+//!   pure login and reservation state machines and a tokio driver, embeddable like the NBD server.
+//!
 //! The `targetd` binary serves plain files with no replication (for example the SBD LUN on a
-//! storage node). The iSCSI target arrives with its own issue.
+//! storage node) over NBD and iSCSI.
 
+pub mod iscsi;
 pub mod nbd;
 pub mod volume;

@@ -1,6 +1,7 @@
-//! `targetd`: serves plain files and block devices as NBD exports with no replication (the SBD
-//! LUN on a storage node, scratch disks, tests). Each FILE is an export named after its file
-//! name, on `<run-dir>/nbd.sock` always and on TCP with `--nbd ADDR`.
+//! `targetd`: serves plain files and block devices as NBD exports and iSCSI targets with no
+//! replication (the SBD LUN on a storage node, scratch disks, tests). Each FILE is an export
+//! named after its file name, on `<run-dir>/nbd.sock` always and on TCP with `--nbd ADDR`; with
+//! `--iscsi ADDR` also an iSCSI target `iqn.2026-11.org.tandem:<file name>` with LUN 0.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
+use target::iscsi::login::{Auth, Credentials};
+use target::iscsi::server::IscsiServer;
 use target::nbd::server::{bind_unix, NbdServer};
 use target::nbd::DEFAULT_PORT;
 use target::volume::{FileVolume, Volume};
@@ -36,12 +39,15 @@ struct Cli {
     /// Also serve NBD on TCP: HOST, HOST:PORT or [V6]:PORT (port 10809 when absent).
     #[arg(long, value_name = "ADDR")]
     nbd: Option<String>,
-    /// Serve iSCSI on ADDR (not implemented yet).
+    /// Also serve iSCSI on TCP: HOST, HOST:PORT or [V6]:PORT (port 3260 when absent).
     #[arg(long, value_name = "ADDR")]
     iscsi: Option<String>,
-    /// iSCSI CHAP credentials (not implemented yet).
+    /// iSCSI initiators must authenticate with CHAP as USER with SECRET.
     #[arg(long, value_name = "USER:SECRET")]
     chap: Option<String>,
+    /// With --chap: the target's own credentials for initiators that ask for mutual CHAP.
+    #[arg(long, value_name = "USER:SECRET", requires = "chap")]
+    mutual_chap: Option<String>,
     /// Serve every FILE read-only.
     #[arg(long)]
     read_only: bool,
@@ -83,13 +89,30 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if cli.iscsi.is_some() || cli.chap.is_some() {
-        bail!("--iscsi/--chap: the iSCSI target is not implemented yet (issue 5); serve NBD with --nbd ADDR instead");
+    if cli.chap.is_some() && cli.iscsi.is_none() {
+        bail!("--chap applies to iSCSI; add --iscsi ADDR");
     }
     if let Some(c) = &cli.config {
         warn!(config = %c.display(), "targetd reads no configuration yet; exports come from the arguments");
     }
     let tcp = cli.nbd.as_deref().map(parse_nbd_addr).transpose()?;
+    let iscsi = cli
+        .iscsi
+        .as_deref()
+        .map(|s| parse_addr(s, "--iscsi", target::iscsi::server::DEFAULT_PORT))
+        .transpose()?;
+    let auth = Auth {
+        incoming: cli
+            .chap
+            .as_deref()
+            .map(|c| credentials(c, "--chap"))
+            .transpose()?,
+        outgoing: cli
+            .mutual_chap
+            .as_deref()
+            .map(|c| credentials(c, "--mutual-chap"))
+            .transpose()?,
+    };
     let mut exports: Vec<(String, FileVolume)> = Vec::new();
     for path in &cli.files {
         let name = export_name(path)?;
@@ -106,12 +129,13 @@ fn run(cli: Cli) -> Result<()> {
         .thread_name("targetd")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cli, tcp, exports))
+    runtime.block_on(serve(cli, tcp, iscsi.map(|a| (a, auth)), exports))
 }
 
 async fn serve(
     cli: Cli,
     tcp: Option<SocketAddr>,
+    iscsi: Option<(SocketAddr, Auth)>,
     exports: Vec<(String, FileVolume)>,
 ) -> Result<()> {
     let server = NbdServer::new();
@@ -127,9 +151,23 @@ async fn serve(
         ),
         None => None,
     };
+    let iscsi = match iscsi {
+        Some((addr, auth)) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for iSCSI on {addr} (is another target there? pick another --iscsi ADDR)")
+            })?;
+            Some((IscsiServer::new(auth), l))
+        }
+        None => None,
+    };
     for (name, volume) in exports {
         let description = format!("{} ({} bytes)", volume.path(), volume.size_bytes());
-        server.add_export(&name, Arc::new(volume) as Arc<dyn Volume>, &description)?;
+        let volume = Arc::new(volume) as Arc<dyn Volume>;
+        server.add_export(&name, Arc::clone(&volume), &description)?;
+        if let Some((s, _)) = &iscsi {
+            let iqn = s.add_target(&name, volume)?;
+            info!(%iqn, file = %description, "iSCSI target");
+        }
     }
     let mut tasks = vec![server.serve_unix(unix)];
     info!(socket = %socket.display(), "serving NBD on the Unix socket");
@@ -138,9 +176,21 @@ async fn serve(
         info!(%addr, "serving NBD on TCP");
         tasks.push(server.serve_tcp(l));
     }
+    let iscsi = match iscsi {
+        Some((s, l)) => {
+            let addr = l.local_addr().context("iSCSI listener address")?;
+            info!(%addr, "serving iSCSI on TCP");
+            tasks.push(s.serve_tcp(l));
+            Some(s)
+        }
+        None => None,
+    };
     info!(exports = ?server.export_names(), node = ?cli.node, "targetd ready");
     wait_for_signal().await?;
     info!("shutting down");
+    if let Some(s) = &iscsi {
+        s.shutdown(SHUTDOWN_TIMEOUT).await;
+    }
     server.shutdown(SHUTDOWN_TIMEOUT).await;
     for t in tasks {
         let _ = t.await;
@@ -170,8 +220,32 @@ fn export_name(path: &Path) -> Result<String> {
     Ok(name.to_string())
 }
 
+/// `USER:SECRET` for CHAP.
+fn credentials(s: &str, flag: &str) -> Result<Credentials> {
+    let Some((user, secret)) = s.split_once(':') else {
+        bail!("{flag}: expected USER:SECRET");
+    };
+    if user.is_empty() || secret.is_empty() {
+        bail!("{flag}: neither the user nor the secret may be empty");
+    }
+    if secret.len() < 12 {
+        warn!(
+            "{flag}: the secret is shorter than 12 bytes; RFC 7143 asks for at least 12 (96 bits)"
+        );
+    }
+    Ok(Credentials {
+        user: user.to_string(),
+        secret: secret.as_bytes().to_vec(),
+    })
+}
+
 /// `HOST`, `HOST:PORT`, `IP`, `[V6]`, `[V6]:PORT`; port 10809 when none is given.
 fn parse_nbd_addr(s: &str) -> Result<SocketAddr> {
+    parse_addr(s, "--nbd", DEFAULT_PORT)
+}
+
+/// `HOST`, `HOST:PORT`, `IP`, `[V6]`, `[V6]:PORT`; `default_port` when none is given.
+fn parse_addr(s: &str, flag: &str, default_port: u16) -> Result<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -180,18 +254,18 @@ fn parse_nbd_addr(s: &str) -> Result<SocketAddr> {
         .trim_end_matches(']')
         .parse::<IpAddr>()
     {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+        return Ok(SocketAddr::new(ip, default_port));
     }
     let with_port = if s.contains(':') {
         s.to_string()
     } else {
-        format!("{s}:{DEFAULT_PORT}")
+        format!("{s}:{default_port}")
     };
     with_port
         .to_socket_addrs()
-        .with_context(|| format!("--nbd {s}: not an address (HOST, HOST:PORT or [V6]:PORT)"))?
+        .with_context(|| format!("{flag} {s}: not an address (HOST, HOST:PORT or [V6]:PORT)"))?
         .next()
-        .with_context(|| format!("--nbd {s}: the name resolves to no address"))
+        .with_context(|| format!("{flag} {s}: the name resolves to no address"))
 }
 
 #[cfg(test)]

@@ -133,9 +133,7 @@ fn pad4(n: usize) -> usize {
 
 /// CRC32C as iSCSI uses it.
 pub fn crc32c(parts: &[&[u8]]) -> u32 {
-    parts
-        .iter()
-        .fold(0, |crc, p| crc32c::crc32c_append(crc, p))
+    parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p))
 }
 
 /// Splits the next frame off `buf`. `Ok(None)`: more bytes are needed (nothing consumed).
@@ -1023,7 +1021,11 @@ impl Bhs {
                 put32(&mut b, 40, *buffer_offset);
                 put32(&mut b, 44, *desired_length);
             }
-            Bhs::Reject { reason, sn, data_sn } => {
+            Bhs::Reject {
+                reason,
+                sn,
+                data_sn,
+            } => {
                 b[0] = opcode::REJECT;
                 b[1] = 0x80;
                 b[2] = *reason;
@@ -1267,7 +1269,7 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(&mut out, &samples()[5], b"abcd", d);
         let mut bad = out.clone();
-        bad[60] ^= 1;
+        bad[53] ^= 1;
         let f = decode_frame(&mut BytesMut::from(&bad[..]), d, 1 << 20)
             .unwrap()
             .unwrap();

@@ -64,7 +64,11 @@ pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
         let hex = hex.as_bytes();
         let odd = hex.len() % 2;
         let mut out = Vec::with_capacity(hex.len() / 2 + 1);
-        let digit = |c: u8| (c as char).to_digit(16).map(|d| u8::try_from(d).expect("hex"));
+        let digit = |c: u8| {
+            (c as char)
+                .to_digit(16)
+                .map(|d| u8::try_from(d).expect("hex"))
+        };
         if odd == 1 {
             out.push(digit(hex[0])?);
         }
