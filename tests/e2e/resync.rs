@@ -178,3 +178,57 @@ fn application_writes_progress_during_a_full_speed_resync() {
     run_ok(&mut p.replctl(1, &["down", "r0"]));
     assert!(p.data(0, size) == p.data(1, size));
 }
+
+/// `new-current-uuid --clear-bitmap` skips the initial sync of two fresh disks;
+/// `invalidate-remote` forces a full sync to the peer; a SyncTarget killed with SIGKILL in the
+/// middle resumes from its bitmap instead of starting over.
+#[test]
+fn skip_initial_sync_invalidate_remote_and_resume_after_sigkill() {
+    let mut p = Pair::with_disk(24, 'C', "", "c-plan-ahead 0; resync-rate 8M;");
+    p.start(0);
+    p.start(1);
+    run_ok(&mut p.replctl(0, &["up", "r0"]));
+    run_ok(&mut p.replctl(1, &["up", "r0"]));
+    p.wait_status(0, "alpha connected", |s| {
+        s["peers"][0]["connection"] == "Connected"
+    });
+    run_ok(&mut p.replctl(0, &["new-current-uuid", "--clear-bitmap", "r0"]));
+    p.wait_status(1, "beta UpToDate without a sync", |s| {
+        s["disk"] == "UpToDate"
+    });
+    assert!(
+        !p.log(0).contains("SyncSource"),
+        "no sync ran: {}",
+        p.log(0)
+    );
+    run_ok(&mut p.replctl(0, &["primary", "r0"]));
+
+    // A full sync to beta at 8 MiB/s: 64 MiB take about 8 s.
+    run_ok(&mut p.replctl(0, &["invalidate-remote", "r0"]));
+    p.wait_status(0, "the full sync to get past 40%", |s| {
+        s["peers"][0]["done"].as_f64().is_some_and(|d| d > 40.0)
+    });
+    p.kill(1);
+    p.start(1);
+    run_ok(&mut p.replctl(1, &["up", "r0"]));
+    p.wait_status(1, "beta UpToDate after the resumed sync", |s| {
+        s["disk"] == "UpToDate" && s["peers"][0]["replication"] == "Established"
+    });
+    let log = p.log(0);
+    let starts: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("replication SyncSource (").nth(1))
+        .filter_map(|r| r.split(" KiB").next()?.parse().ok())
+        .collect();
+    assert_eq!(starts.len(), 2, "{log}");
+    assert!(starts[0] >= 60_000, "the first sync was full: {starts:?}");
+    assert!(
+        starts[1] < starts[0] * 3 / 4,
+        "the second one resumed: {starts:?}\n{}",
+        p.log(1)
+    );
+    let size = p.size();
+    run_ok(&mut p.replctl(0, &["down", "r0"]));
+    run_ok(&mut p.replctl(1, &["down", "r0"]));
+    assert!(p.data(0, size) == p.data(1, size));
+}

@@ -528,6 +528,8 @@ struct Resync {
     /// `(time, remaining blocks)` samples for the rate.
     samples: VecDeque<(u64, u64)>,
     finishing: bool,
+    /// SyncSource: the target said it is Inconsistent (syncing) since this sync began.
+    peer_started: bool,
 }
 
 /// Online verify progress (VerifyS).
@@ -988,7 +990,7 @@ impl Node {
                 {
                     // primary --force with a connected peer: a new data generation, so both
                     // sides compare UUIDs again and the peer becomes SyncTarget.
-                    self.rehandshake();
+                    self.rehandshake_fresh();
                 } else {
                     self.send_state();
                 }
@@ -1107,7 +1109,7 @@ impl Node {
                 self.persist();
                 self.out.push(Action::WriteBitmap);
                 if self.conn == ConnState::Connected {
-                    self.rehandshake();
+                    self.rehandshake_fresh();
                 }
                 self.notify("invalidated: full sync from the peer".into());
                 Ok(())
@@ -1126,7 +1128,7 @@ impl Node {
                 self.new_current_uuid();
                 self.persist();
                 self.out.push(Action::WriteBitmap);
-                self.rehandshake();
+                self.rehandshake_fresh();
                 self.notify("invalidate-remote: full sync to the peer".into());
                 Ok(())
             }
@@ -1904,8 +1906,16 @@ impl Node {
                     self.lose_peer(reason, ConnState::StandAlone);
                     return;
                 }
-                if self.repl == ReplState::SyncSource && disk == DiskState::UpToDate {
-                    self.finish_sync_source();
+                if self.repl == ReplState::SyncSource {
+                    if let Some(rs) = self.resync.as_mut() {
+                        // Only an UpToDate *after* the target said Inconsistent ends the sync (an
+                        // older State may still be on the wire).
+                        if disk == DiskState::Inconsistent {
+                            rs.peer_started = true;
+                        } else if disk == DiskState::UpToDate && rs.peer_started {
+                            self.finish_sync_source();
+                        }
+                    }
                 }
                 self.notify(format!("peer {role}/{disk}"));
                 self.maybe_handshake();
@@ -2133,6 +2143,16 @@ impl Node {
     }
 
     /// Exchanges sizes, UUIDs and state again and decides the sync direction anew.
+    /// A rehandshake this node starts (its UUIDs changed): what it knew of the peer is stale
+    /// until the peer answers with its own.
+    fn rehandshake_fresh(&mut self) {
+        self.peer = Peer {
+            disk: self.peer.disk,
+            ..Peer::default()
+        };
+        self.rehandshake();
+    }
+
     fn rehandshake(&mut self) {
         self.repl = ReplState::WFReportParams;
         self.out.push(Action::Send(Packet::Sizes {
@@ -2307,6 +2327,7 @@ impl Node {
             last_refill_ms: self.now_ms,
             samples: VecDeque::from([(self.now_ms, self.bitmap.count())]),
             finishing: false,
+            peer_started: false,
         }
     }
 
