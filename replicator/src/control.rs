@@ -109,6 +109,9 @@ pub struct PeerStatus {
     /// KiB the last online verify found out of sync.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_verify_oos_kib: Option<u64>,
+    /// The last split brain and which policy decided what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<String>,
 }
 
 /// Status of one resource.
@@ -220,6 +223,9 @@ pub fn format_status(all: &[ResourceStatus]) -> String {
             if let (Some(e), false) = (&p.last_error, p.connection == "Connected") {
                 out.push_str(&format!("    last-error:{e}\n"));
             }
+            if let Some(sb) = &p.split_brain {
+                out.push_str(&format!("    {sb}\n"));
+            }
         }
     }
     out
@@ -262,6 +268,7 @@ mod tests {
                 eta_s: Some(3),
                 last_error: None,
                 last_verify_oos_kib: None,
+                split_brain: None,
             }],
         };
         let text = format_status(std::slice::from_ref(&st));

@@ -206,6 +206,14 @@ pub struct NodeConfig {
     pub csums_alg: Option<crate::config::DigestAlg>,
     /// The peer's node name (breaks ties when both sides have out-of-sync bits).
     pub peer_name: String,
+    /// `after-sb-0pri`.
+    pub after_sb_0pri: crate::config::AfterSb0Pri,
+    /// `after-sb-1pri`.
+    pub after_sb_1pri: crate::config::AfterSb1Pri,
+    /// `after-sb-2pri`.
+    pub after_sb_2pri: crate::config::AfterSb2Pri,
+    /// `always-asbp`: apply the policies even when the only common ancestor is in the history.
+    pub always_asbp: bool,
 }
 
 /// Online-verify requests in flight.
@@ -370,6 +378,11 @@ pub enum Action {
     },
     /// A state change worth telling `replctl events` and the log.
     Notify(String),
+    /// Run the configured handler (`split-brain`, `pri-lost-after-sb`) if there is one.
+    RunHandler {
+        /// The handler's DRBD name.
+        name: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -582,6 +595,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// KiB out of sync the last online verify found.
     pub last_verify_kib: Option<u64>,
+    /// The last split brain and which policy decided what.
+    pub split_brain: Option<String>,
 }
 
 /// One resource on one node.
@@ -627,6 +642,8 @@ pub struct Node {
     ov: Option<Verify>,
     /// KiB found out of sync by the last online verify.
     last_verify: Option<u64>,
+    /// The last split brain and what decided it.
+    split_brain: Option<String>,
     /// VerifyT: when the last request arrived.
     ov_t_last_ms: u64,
     last_rx_ms: u64,
@@ -723,6 +740,7 @@ impl Node {
             resync: None,
             ov: None,
             last_verify: None,
+            split_brain: None,
             ov_t_last_ms: 0,
             last_rx_ms: 0,
             ping_sent_ms: None,
@@ -849,6 +867,7 @@ impl Node {
             uuids: self.md.uuids,
             last_error: self.last_error.clone(),
             last_verify_kib: self.last_verify,
+            split_brain: self.split_brain.clone(),
         }
     }
 
@@ -1125,7 +1144,7 @@ impl Node {
                     return Err(format!("my disk is {}, not UpToDate", self.disk));
                 }
                 self.bitmap.set_all();
-                self.new_current_uuid();
+                self.new_current_uuid_as(self.role == Role::Primary);
                 self.persist();
                 self.out.push(Action::WriteBitmap);
                 self.rehandshake_fresh();
@@ -1180,11 +1199,19 @@ impl Node {
     }
 
     /// Starts a new data generation: the old current UUID becomes the bitmap UUID (if none).
-    fn new_current_uuid(&mut self) {
+    ///
+    /// Bit 0 of the bitmap UUID records whether this node was already Primary when the new
+    /// generation began (it kept serving through a split) or was promoted into it; the
+    /// discard-younger/older-primary policies read it.
+    fn new_current_uuid_as(&mut self, was_primary: bool) {
         if self.md.uuids[1] == 0 && self.md.uuids[0] != UUID_JUST_CREATED {
-            self.md.uuids[1] = self.md.uuids[0];
+            self.md.uuids[1] = (self.md.uuids[0] & !1) | u64::from(was_primary);
         }
         self.md.uuids[0] = self.new_uuid();
+    }
+
+    fn new_current_uuid(&mut self) {
+        self.new_current_uuid_as(false);
     }
 
     fn replicating(&self) -> bool {
@@ -2142,6 +2169,112 @@ impl Node {
         self.notify("connection Connected".into());
     }
 
+    /// DRBD's after-sb-0pri rule: `Some(true)` when this node keeps its data (SyncSource),
+    /// `Some(false)` when it discards its changes, `None` to stay disconnected; with why.
+    fn after_sb_0pri(&self, peer_bitmap_uuid: u64, peer_bits: u64) -> (Option<bool>, String) {
+        use crate::config::AfterSb0Pri as P;
+        let policy = &self.cfg.after_sb_0pri;
+        let (me, peer) = (self.md.uuids[1] & 1 == 1, peer_bitmap_uuid & 1 == 1);
+        let (ch_self, ch_peer) = (self.bitmap.count(), peer_bits);
+        // Ties go to the node whose name sorts higher, on both sides alike.
+        let resolve = self.cfg.name < self.cfg.peer_name;
+        let why = |s: &str| format!("after-sb-0pri {policy}: {s}");
+        let least = |s: &str| {
+            let v = if ch_self != ch_peer {
+                ch_self > ch_peer
+            } else {
+                !resolve
+            };
+            (Some(v), why(&format!("{s}the node with fewer changed blocks ({ch_self} here, {ch_peer} there) discards")))
+        };
+        match policy {
+            P::Disconnect => (None, why("no automatic recovery")),
+            P::DiscardNode(n) if *n == self.cfg.name => (Some(false), why("this node discards")),
+            P::DiscardNode(_) => (Some(true), why("the peer discards")),
+            P::DiscardYoungerPrimary | P::DiscardOlderPrimary if me != peer => {
+                let younger_discards = *policy == P::DiscardYoungerPrimary;
+                // Bit 0 of a bitmap UUID: it was made by a Primary when the nodes split.
+                let keep = if younger_discards { me } else { peer };
+                (
+                    Some(keep),
+                    why(if keep {
+                        "the peer discards"
+                    } else {
+                        "this node discards"
+                    }),
+                )
+            }
+            P::DiscardYoungerPrimary | P::DiscardOlderPrimary => {
+                least("no primary history to decide by; ")
+            }
+            P::DiscardZeroChanges => match (ch_self, ch_peer) {
+                (0, 0) => (Some(!resolve), why("neither changed anything")),
+                (_, 0) => (Some(true), why("the peer changed nothing and discards")),
+                (0, _) => (Some(false), why("this node changed nothing and discards")),
+                _ => (
+                    None,
+                    why(&format!("both changed ({ch_self} and {ch_peer} blocks)")),
+                ),
+            },
+            P::DiscardLeastChanges => least(""),
+        }
+    }
+
+    /// Picks the split-brain policy by the number of Primaries and applies it.
+    fn after_split_brain(
+        &self,
+        p_role: Role,
+        peer_bitmap_uuid: u64,
+        peer_bits: u64,
+    ) -> (Option<bool>, String) {
+        use crate::config::{AfterSb1Pri as P1, AfterSb2Pri as P2};
+        let primaries =
+            usize::from(self.role == Role::Primary) + usize::from(p_role == Role::Primary);
+        match primaries {
+            0 => self.after_sb_0pri(peer_bitmap_uuid, peer_bits),
+            1 => {
+                let policy = self.cfg.after_sb_1pri;
+                let i_am_primary = self.role == Role::Primary;
+                match policy {
+                    P1::Disconnect => (None, format!("after-sb-1pri {policy}")),
+                    P1::DiscardSecondary => (
+                        Some(i_am_primary),
+                        format!("after-sb-1pri {policy}: the Secondary discards"),
+                    ),
+                    P1::Consensus => {
+                        let (v, why) = self.after_sb_0pri(peer_bitmap_uuid, peer_bits);
+                        // Only if after-sb-0pri would discard the Secondary too.
+                        match v {
+                            Some(keep) if keep == i_am_primary => {
+                                (v, format!("after-sb-1pri consensus with {why}"))
+                            }
+                            _ => (
+                                None,
+                                format!(
+                                    "after-sb-1pri consensus: {why} does not discard the Secondary"
+                                ),
+                            ),
+                        }
+                    }
+                    P1::CallPriLostAfterSb | P1::ViolentlyAs0p => {
+                        let (v, why) = self.after_sb_0pri(peer_bitmap_uuid, peer_bits);
+                        (v, format!("after-sb-1pri {policy} with {why}"))
+                    }
+                }
+            }
+            _ => {
+                let policy = self.cfg.after_sb_2pri;
+                match policy {
+                    P2::Disconnect => (None, format!("after-sb-2pri {policy}")),
+                    P2::CallPriLostAfterSb | P2::ViolentlyAs0p => {
+                        let (v, why) = self.after_sb_0pri(peer_bitmap_uuid, peer_bits);
+                        (v, format!("after-sb-2pri {policy} with {why}"))
+                    }
+                }
+            }
+        }
+    }
+
     /// Exchanges sizes, UUIDs and state again and decides the sync direction anew.
     /// A rehandshake this node starts (its UUIDs changed): what it knew of the peer is stale
     /// until the peer answers with its own.
@@ -2258,7 +2391,56 @@ impl Node {
             SyncDecision::SourceFull | SyncDecision::SourceBitmap => true,
             SyncDecision::TargetFull | SyncDecision::TargetBitmap => false,
             SyncDecision::SplitBrain | SyncDecision::SplitBrainDisconnect => {
-                return self.refuse("Split-Brain detected, dropping connection!".into());
+                self.out.push(Action::RunHandler {
+                    name: "split-brain",
+                });
+                let auto = decision == SyncDecision::SplitBrain || self.cfg.always_asbp;
+                let (mut verdict, mut why) = if auto {
+                    self.after_split_brain(p_role, p_uuids[1], p_bits)
+                } else {
+                    (
+                        None,
+                        "no common bitmap UUID, no automatic recovery".to_string(),
+                    )
+                };
+                // Manual recovery: `connect --discard-my-data` on the victim.
+                let peer_discards = p_flags & uuid_flags::DISCARD_MY_DATA != 0;
+                match (self.discard_my_data, peer_discards) {
+                    (true, false) => {
+                        (verdict, why) =
+                            (Some(false), "this node was told --discard-my-data".into())
+                    }
+                    (false, true) => {
+                        (verdict, why) = (Some(true), "the peer was told --discard-my-data".into())
+                    }
+                    _ => {}
+                }
+                let Some(source) = verdict else {
+                    self.split_brain = Some(format!(
+                        "split-brain: {why}; StandAlone until resolved by hand"
+                    ));
+                    return self.refuse(format!(
+                        "Split-Brain detected, dropping connection! ({why})"
+                    ));
+                };
+                let outcome = if source {
+                    "the peer discards its changes and resyncs from this node"
+                } else {
+                    "this node discards its changes and resyncs from the peer"
+                };
+                self.split_brain = Some(format!("split-brain resolved: {why}: {outcome}"));
+                self.notify(format!(
+                    "split-brain detected and resolved ({why}): {outcome}"
+                ));
+                if !source && self.role == Role::Primary {
+                    self.out.push(Action::RunHandler {
+                        name: "pri-lost-after-sb",
+                    });
+                    return self.refuse(format!(
+                        "Split-Brain: this Primary lost ({why}); demote it, then connect again"
+                    ));
+                }
+                source
             }
             SyncDecision::UnrelatedData => {
                 return self.refuse("Unrelated data, aborting! (the peer's data has no common generation with mine)".into());
@@ -2464,6 +2646,7 @@ impl Node {
         if self.repl != ReplState::SyncTarget {
             return;
         }
+        self.discard_my_data = false;
         self.resync = None;
         self.repl = ReplState::Established;
         self.disk = DiskState::UpToDate;
@@ -2535,7 +2718,7 @@ impl Node {
             && was_up_to_date_peer
             && self.md.uuids[1] == 0
         {
-            self.new_current_uuid();
+            self.new_current_uuid_as(true);
         }
         self.peer = Peer::default();
         self.persist();

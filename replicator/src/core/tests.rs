@@ -57,6 +57,10 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         } else {
             "alpha".into()
         },
+        after_sb_0pri: crate::config::AfterSb0Pri::Disconnect,
+        after_sb_1pri: crate::config::AfterSb1Pri::Disconnect,
+        after_sb_2pri: crate::config::AfterSb2Pri::Disconnect,
+        always_asbp: false,
     }
 }
 
@@ -183,7 +187,10 @@ impl Harness {
                     self.replies.insert(req, result);
                 }
                 Action::WriteAl { io, .. } => self.io[i].push(Action::LocalFlush { io }),
-                Action::WriteMd(_) | Action::WriteBitmap | Action::Notify(_) => {}
+                Action::WriteMd(_)
+                | Action::WriteBitmap
+                | Action::Notify(_)
+                | Action::RunHandler { .. } => {}
             }
         }
     }
@@ -741,4 +748,278 @@ fn clear_bitmap_skips_the_initial_sync() {
         .command(1, Command::NewCurrentUuidClearBitmap)
         .unwrap_err();
     assert!(e.contains("just-created"), "{e}");
+}
+
+/// How a split brain ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Both StandAlone, nothing merged.
+    StandAlone,
+    /// This node's data survived on both.
+    Kept(&'static str),
+}
+
+struct Split {
+    /// Writes (blocks) on alpha and beta while split.
+    writes: (u64, u64),
+    /// Roles when they reconnect.
+    primary_at_reconnect: (bool, bool),
+}
+
+/// alpha Primary and synced; the link breaks; beta is promoted (the younger Primary); each
+/// writes its blocks; roles are set; they reconnect under `tune`'s policies.
+fn split_brain(seed: u64, split: Split, tune: impl Fn(&mut NodeConfig)) -> (Harness, Outcome) {
+    let mut h = Harness::with(Protocol::C, seed, tune);
+    h.connect();
+    h.command(0, Command::Primary { force: true }).unwrap();
+    h.run();
+    h.cut();
+    h.command(1, Command::Primary { force: false }).unwrap();
+    for k in 0..split.writes.0 {
+        h.write(0, k * 8192, 0xaa, 4096);
+    }
+    for k in 0..split.writes.1 {
+        h.write(1, 4096 + k * 8192, 0xbb, 4096);
+    }
+    h.run();
+    for (i, primary) in [split.primary_at_reconnect.0, split.primary_at_reconnect.1]
+        .into_iter()
+        .enumerate()
+    {
+        if !primary {
+            h.command(i, Command::Secondary).unwrap();
+        }
+    }
+    let before = h.disks.clone();
+    h.connect();
+    // A policy that resolves nothing leaves the deciding node StandAlone (its peer may keep
+    // trying to connect); either way nothing is merged.
+    let standalone = h
+        .nodes
+        .iter()
+        .any(|n| n.connection() == ConnState::StandAlone);
+    let outcome = if standalone {
+        assert!(h.disks == before, "nothing merged while StandAlone");
+        Outcome::StandAlone
+    } else {
+        assert!(h.disks[0] == h.disks[1], "resynced replicas are identical");
+        if h.disks[0] == before[0] {
+            Outcome::Kept("alpha")
+        } else {
+            assert!(h.disks[1] == before[1]);
+            Outcome::Kept("beta")
+        }
+    };
+    (h, outcome)
+}
+
+#[test]
+fn split_brain_policies_decide_as_drbd_does() {
+    use crate::config::{AfterSb0Pri as P0, AfterSb1Pri as P1, AfterSb2Pri as P2};
+    let none = (false, false);
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(&str, P0, P1, P2, (u64, u64), (bool, bool), Outcome)> = vec![
+        (
+            "0pri disconnect",
+            P0::Disconnect,
+            P1::Disconnect,
+            P2::Disconnect,
+            (2, 1),
+            none,
+            Outcome::StandAlone,
+        ),
+        (
+            "0pri zero-changes: beta changed nothing",
+            P0::DiscardZeroChanges,
+            P1::Disconnect,
+            P2::Disconnect,
+            (2, 0),
+            none,
+            Outcome::Kept("alpha"),
+        ),
+        (
+            "0pri zero-changes: alpha changed nothing",
+            P0::DiscardZeroChanges,
+            P1::Disconnect,
+            P2::Disconnect,
+            (0, 2),
+            none,
+            Outcome::Kept("beta"),
+        ),
+        (
+            "0pri zero-changes: both changed",
+            P0::DiscardZeroChanges,
+            P1::Disconnect,
+            P2::Disconnect,
+            (2, 1),
+            none,
+            Outcome::StandAlone,
+        ),
+        (
+            "0pri least-changes",
+            P0::DiscardLeastChanges,
+            P1::Disconnect,
+            P2::Disconnect,
+            (3, 1),
+            none,
+            Outcome::Kept("alpha"),
+        ),
+        (
+            "0pri least-changes other way",
+            P0::DiscardLeastChanges,
+            P1::Disconnect,
+            P2::Disconnect,
+            (1, 4),
+            none,
+            Outcome::Kept("beta"),
+        ),
+        (
+            "0pri younger primary (beta) discards",
+            P0::DiscardYoungerPrimary,
+            P1::Disconnect,
+            P2::Disconnect,
+            (1, 3),
+            none,
+            Outcome::Kept("alpha"),
+        ),
+        (
+            "0pri older primary (alpha) discards",
+            P0::DiscardOlderPrimary,
+            P1::Disconnect,
+            P2::Disconnect,
+            (3, 1),
+            none,
+            Outcome::Kept("beta"),
+        ),
+        (
+            "0pri discard-node-alpha",
+            P0::DiscardNode("alpha".into()),
+            P1::Disconnect,
+            P2::Disconnect,
+            (3, 1),
+            none,
+            Outcome::Kept("beta"),
+        ),
+        (
+            "1pri disconnect",
+            P0::DiscardLeastChanges,
+            P1::Disconnect,
+            P2::Disconnect,
+            (1, 1),
+            (true, false),
+            Outcome::StandAlone,
+        ),
+        (
+            "1pri discard-secondary",
+            P0::Disconnect,
+            P1::DiscardSecondary,
+            P2::Disconnect,
+            (1, 3),
+            (true, false),
+            Outcome::Kept("alpha"),
+        ),
+        (
+            "1pri discard-secondary, beta Primary",
+            P0::Disconnect,
+            P1::DiscardSecondary,
+            P2::Disconnect,
+            (3, 1),
+            (false, true),
+            Outcome::Kept("beta"),
+        ),
+        (
+            "1pri consensus agrees",
+            P0::DiscardZeroChanges,
+            P1::Consensus,
+            P2::Disconnect,
+            (2, 0),
+            (true, false),
+            Outcome::Kept("alpha"),
+        ),
+        (
+            "1pri consensus disagrees",
+            P0::DiscardLeastChanges,
+            P1::Consensus,
+            P2::Disconnect,
+            (1, 3),
+            (true, false),
+            Outcome::StandAlone,
+        ),
+        (
+            "2pri disconnect",
+            P0::DiscardLeastChanges,
+            P1::Disconnect,
+            P2::Disconnect,
+            (2, 1),
+            (true, true),
+            Outcome::StandAlone,
+        ),
+        (
+            "2pri call-pri-lost-after-sb: the losing Primary refuses",
+            P0::DiscardLeastChanges,
+            P1::Disconnect,
+            P2::CallPriLostAfterSb,
+            (2, 1),
+            (true, true),
+            Outcome::StandAlone,
+        ),
+    ];
+    for (seed, (name, p0, p1, p2, writes, prim, want)) in cases.into_iter().enumerate() {
+        let (h, got) = split_brain(
+            seed as u64 + 100,
+            Split {
+                writes,
+                primary_at_reconnect: prim,
+            },
+            |c| {
+                c.after_sb_0pri = p0.clone();
+                c.after_sb_1pri = p1;
+                c.after_sb_2pri = p2;
+            },
+        );
+        assert_eq!(got, want, "{name}");
+        let said = h.nodes[0].status(0).split_brain.unwrap_or_default();
+        assert!(said.contains("split-brain"), "{name}: {said}");
+    }
+}
+
+#[test]
+fn manual_split_brain_recovery_resyncs_only_the_changes() {
+    let (mut h, outcome) = split_brain(
+        200,
+        Split {
+            writes: (2, 3),
+            primary_at_reconnect: (true, false),
+        },
+        |_| {},
+    );
+    assert_eq!(outcome, Outcome::StandAlone);
+    // On the victim (beta, already Secondary): connect --discard-my-data; on the survivor: connect.
+    h.command(
+        1,
+        Command::Connect {
+            discard_my_data: true,
+        },
+    )
+    .unwrap();
+    h.command(
+        0,
+        Command::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    let (requested, _) = count_resync(&mut h);
+    let alpha_before = h.disks[0].clone();
+    h.connect();
+    assert!(
+        h.disks[0] == alpha_before && h.disks[1] == alpha_before,
+        "beta took alpha's data"
+    );
+    assert_eq!(
+        requested.get(),
+        5 * 4096,
+        "the union of both sides' changes, not the disk"
+    );
+    assert_eq!(h.nodes[1].disk(), DiskState::UpToDate);
 }

@@ -313,6 +313,10 @@ impl Daemon {
             verify_alg: net.verify_alg,
             csums_alg: net.csums_alg,
             peer_name: peer_host.name.clone(),
+            after_sb_0pri: net.after_sb_0pri.clone(),
+            after_sb_1pri: net.after_sb_1pri,
+            after_sb_2pri: net.after_sb_2pri,
+            always_asbp: net.always_asbp,
         };
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;
@@ -335,6 +339,7 @@ impl Daemon {
                 peer_addr: peer_host.address.expect("filtered").addr,
             },
             connect_int: Duration::from_millis(u64::from(net.connect_int_ms)),
+            handlers: r.handlers.commands.clone(),
             nbd: self.nbd.clone(),
             events: self.events.clone(),
             seed: u64::from_le_bytes(seed),

@@ -90,6 +90,8 @@ pub struct Spec {
     pub peer: PeerParams,
     /// `connect-int`.
     pub connect_int: Duration,
+    /// The `handlers` section: (DRBD handler name, shell command).
+    pub handlers: Vec<(String, String)>,
     /// The daemon's NBD server.
     pub nbd: Arc<NbdServer>,
     /// The daemon's event stream.
@@ -203,6 +205,7 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
         backoff: DIAL_BACKOFF_START,
         next_dial: Instant::now(),
         connect_int: spec.connect_int,
+        handlers: spec.handlers,
         peer: spec.peer,
         tx: tx.clone(),
         net_tx,
@@ -233,6 +236,7 @@ struct Task {
     backoff: Duration,
     next_dial: Instant,
     connect_int: Duration,
+    handlers: Vec<(String, String)>,
     peer: PeerParams,
     tx: mpsc::UnboundedSender<Msg>,
     net_tx: mpsc::UnboundedSender<NetEvent>,
@@ -467,6 +471,7 @@ impl Task {
                     let _ = tx.send(Msg::IoDone { io, result });
                 });
             }
+            Action::RunHandler { name } => self.run_handler(name),
             Action::WriteBitmap => {
                 if let Err(e) =
                     disk::write_bitmap(&self.md_dev, &self.layout, self.node.bitmap_words())
@@ -498,6 +503,32 @@ impl Task {
                 });
             }
         }
+    }
+
+    /// Runs a configured handler in the background with DRBD's environment (and tandem's own
+    /// names), logging how it ended; a handler that is not configured is skipped.
+    fn run_handler(&self, name: &'static str) {
+        let Some((_, cmd)) = self.handlers.iter().find(|(n, _)| n == name) else {
+            return;
+        };
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c").arg(cmd);
+        for (k, v) in [
+            ("DRBD_RESOURCE", self.name.as_str()),
+            ("DRBD_PEER", self.peer.peer_node.as_str()),
+            ("DRBD_PEERS", self.peer.peer_node.as_str()),
+            ("TANDEM_RESOURCE", self.name.as_str()),
+            ("TANDEM_PEER", self.peer.peer_node.as_str()),
+            ("TANDEM_NODE", self.peer.node.as_str()),
+            ("TANDEM_HANDLER", name),
+        ] {
+            c.env(k, v);
+        }
+        let (resource, cmd) = (self.name.clone(), cmd.clone());
+        std::thread::spawn(move || match c.status() {
+            Ok(st) => tracing::info!(%resource, handler = name, "handler '{cmd}' exited with {st}"),
+            Err(e) => tracing::error!(%resource, handler = name, "cannot run handler '{cmd}': {e}"),
+        });
     }
 
     /// Submits a local IO whose completion comes back to this task as [`Msg::IoDone`].
@@ -552,6 +583,7 @@ impl Task {
                 eta_s: syncing.map(|p| p.eta_s),
                 last_error: s.last_error,
                 last_verify_oos_kib: s.last_verify_kib,
+                split_brain: s.split_brain,
             }],
         }
     }
