@@ -54,6 +54,11 @@ pub enum Request {
         /// The resource.
         resource: String,
     },
+    /// Mark this Secondary's disk Outdated.
+    Outdate {
+        /// The resource.
+        resource: String,
+    },
     /// Online verify against the peer.
     Verify {
         /// The resource.
@@ -130,6 +135,8 @@ pub struct ResourceStatus {
     pub uuids: Vec<String>,
     /// NBD clients connected.
     pub nbd_clients: usize,
+    /// New application IO is held until the peer is fenced (resource-and-stonith).
+    pub io_suspended: bool,
     /// The peers (one with tandem).
     pub peers: Vec<PeerStatus>,
 }
@@ -200,7 +207,17 @@ pub struct EventLine {
 pub fn format_status(all: &[ResourceStatus]) -> String {
     let mut out = String::new();
     for r in all {
-        out.push_str(&format!("{} role:{}\n  disk:{}\n", r.name, r.role, r.disk));
+        out.push_str(&format!(
+            "{} role:{}{}\n  disk:{}\n",
+            r.name,
+            r.role,
+            if r.io_suspended {
+                " suspended:fencing"
+            } else {
+                ""
+            },
+            r.disk
+        ));
         for p in &r.peers {
             out.push_str(&format!("  {} connection:{}", p.name, p.connection));
             if p.connection == "Connected" {
@@ -256,6 +273,7 @@ mod tests {
             size_bytes: 1 << 20,
             uuids: vec![],
             nbd_clients: 0,
+            io_suspended: false,
             peers: vec![PeerStatus {
                 name: "beta".into(),
                 connection: "Connected".into(),

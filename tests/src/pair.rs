@@ -42,6 +42,7 @@ pub struct Pair {
     /// alpha and beta.
     pub nodes: [NodeDir; 2],
     daemons: [Option<ChildGuard>; 2],
+    veths: [String; 2],
     // Dropped after the daemons (fields drop in order).
     _ns: [Netns; 2],
 }
@@ -55,6 +56,18 @@ impl Pair {
 
     /// Like [`Pair::new`] with the resource's whole `disk { }` section given.
     pub fn with_disk(id: u8, protocol: char, net_extra: &str, disk: &str) -> Pair {
+        Pair::with_config(id, protocol, net_extra, disk, "")
+    }
+
+    /// Like [`Pair::with_disk`], with `resource_extra` (e.g. a `handlers` section) added to
+    /// the resource.
+    pub fn with_config(
+        id: u8,
+        protocol: char,
+        net_extra: &str,
+        disk: &str,
+        resource_extra: &str,
+    ) -> Pair {
         let dir = tempfile::tempdir().expect("temp dir");
         let ns = [
             Netns::new(&format!("tnd{id}a")),
@@ -88,6 +101,7 @@ impl Pair {
     net {{ protocol {protocol}; cram-hmac-alg sha256; shared-secret \"tandem-test\";
            connect-int 1; ping-int 1; ping-timeout 10; {net_extra} }}
     disk {{ {disk} }}
+    {resource_extra}
     on alpha {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
     on beta  {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
 }}\n",
@@ -103,6 +117,7 @@ impl Pair {
             config,
             nodes,
             daemons: [None, None],
+            veths: [va, vb],
             _ns: ns,
         };
         for i in 0..2 {
@@ -150,6 +165,38 @@ impl Pair {
             "replicatord's control socket",
             Duration::from_secs(20),
             || std::os::unix::net::UnixStream::connect(&sock).ok(),
+        );
+    }
+
+    /// Cuts the link between the nodes (both ends of the veth down).
+    pub fn partition(&self) {
+        for i in 0..2 {
+            run_ok(
+                self._ns[i]
+                    .cmd("ip")
+                    .args(["link", "set", &self.veths[i], "down"]),
+            );
+        }
+    }
+
+    /// Restores the link.
+    pub fn heal(&self) {
+        for i in 0..2 {
+            run_ok(
+                self._ns[i]
+                    .cmd("ip")
+                    .args(["link", "set", &self.veths[i], "up"]),
+            );
+        }
+    }
+
+    /// Writes `len` bytes of `pattern` at `offset` through node `i`'s NBD export (qemu-io).
+    pub fn write(&self, i: usize, offset: u64, len: u64, pattern: u8) {
+        run_ok(
+            Command::new(crate::tool("qemu-io", "qemu-utils"))
+                .args(["-f", "raw", "-c"])
+                .arg(format!("write -P {pattern} {offset} {len}"))
+                .arg(self.nodes[i].nbd_uri("r0")),
         );
     }
 

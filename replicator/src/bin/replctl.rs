@@ -107,6 +107,11 @@ enum Command {
         /// The resource.
         resource: String,
     },
+    /// Mark this Secondary's disk Outdated so it cannot be promoted.
+    Outdate {
+        /// The resource.
+        resource: String,
+    },
     /// Discard this node's data: full sync from the peer.
     Invalidate {
         /// The resource.
@@ -315,6 +320,12 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Verify { resource } => simple(
             cli,
             Request::Verify {
+                resource: res(resource),
+            },
+        ),
+        Command::Outdate { resource } => simple(
+            cli,
+            Request::Outdate {
                 resource: res(resource),
             },
         ),

@@ -214,6 +214,8 @@ pub struct NodeConfig {
     pub after_sb_2pri: crate::config::AfterSb2Pri,
     /// `always-asbp`: apply the policies even when the only common ancestor is in the history.
     pub always_asbp: bool,
+    /// `fencing`: what happens when a Primary loses its peer.
+    pub fencing: crate::config::FencingPolicy,
 }
 
 /// Online-verify requests in flight.
@@ -248,6 +250,8 @@ pub enum Command {
     Invalidate,
     /// Make the peer's disk Inconsistent: a full sync to the peer.
     InvalidateRemote,
+    /// Mark this Secondary's disk Outdated: it cannot be promoted (without --force).
+    Outdate,
 }
 
 /// What happens to the node.
@@ -311,6 +315,12 @@ pub enum Event {
     },
     /// Time passes.
     Tick,
+    /// The `fence-peer` handler exited with this code (DRBD's: 3 peer Inconsistent, 4 peer
+    /// Outdated, 5 peer unreachable, 6 peer is Primary: outdate myself, 7 peer fenced).
+    FencePeerDone {
+        /// The exit code (-1 when it could not run or was not configured).
+        code: i32,
+    },
 }
 
 /// What the driver must do.
@@ -378,6 +388,8 @@ pub enum Action {
     },
     /// A state change worth telling `replctl events` and the log.
     Notify(String),
+    /// Run the `fence-peer` handler and answer with [`Event::FencePeerDone`].
+    FencePeer,
     /// Run the configured handler (`split-brain`, `pri-lost-after-sb`) if there is one.
     RunHandler {
         /// The handler's DRBD name.
@@ -644,6 +656,10 @@ pub struct Node {
     last_verify: Option<u64>,
     /// The last split brain and what decided it.
     split_brain: Option<String>,
+    /// resource-and-stonith: new application IO waits until the fence-peer handler answers.
+    frozen: bool,
+    /// The fence-peer handler is running.
+    fencing_peer: bool,
     /// VerifyT: when the last request arrived.
     ov_t_last_ms: u64,
     last_rx_ms: u64,
@@ -741,6 +757,8 @@ impl Node {
             ov: None,
             last_verify: None,
             split_brain: None,
+            frozen: false,
+            fencing_peer: false,
             ov_t_last_ms: 0,
             last_rx_ms: 0,
             ping_sent_ms: None,
@@ -905,6 +923,7 @@ impl Node {
                 }
             }
             Event::Tick => self.tick(),
+            Event::FencePeerDone { code } => self.fence_peer_done(code),
         }
         std::mem::take(&mut self.out)
     }
@@ -1133,6 +1152,22 @@ impl Node {
                 self.notify("invalidated: full sync from the peer".into());
                 Ok(())
             }
+            Command::Outdate => {
+                if self.role == Role::Primary {
+                    return Err("a Primary's disk cannot be outdated; demote it first".into());
+                }
+                if self.disk < DiskState::Outdated {
+                    return Err(format!(
+                        "the disk is {}; only a consistent disk can be outdated",
+                        self.disk
+                    ));
+                }
+                self.disk = DiskState::Outdated;
+                self.persist();
+                self.send_state();
+                self.notify("disk Outdated".into());
+                Ok(())
+            }
             Command::InvalidateRemote => {
                 if self.conn != ConnState::Connected || self.repl != ReplState::Established {
                     return Err("invalidate-remote needs an Established connection".into());
@@ -1272,6 +1307,9 @@ impl Node {
 
     /// Starts queued client writes while the in-flight limit allows (backpressure).
     fn start_waiting(&mut self) {
+        if self.frozen {
+            return;
+        }
         while let Some(&seq) = self.waiting.front() {
             let len = self.writes[&seq].data.len() as u64;
             if self.in_flight_bytes > 0 && self.in_flight_bytes + len > self.cfg.max_in_flight_bytes
@@ -2157,6 +2195,12 @@ impl Node {
         }
         self.gen = gen;
         self.conn = ConnState::Connected;
+        if self.frozen {
+            // The peer is back: it cannot be running on its own any more.
+            self.frozen = false;
+            self.notify("IO resumed: the peer reconnected".into());
+            self.start_waiting();
+        }
         self.repl = ReplState::WFReportParams;
         self.peer = Peer::default();
         self.last_rx_ms = self.now_ms;
@@ -2678,6 +2722,43 @@ impl Node {
         self.notify("resync finished: peer UpToDate".into());
     }
 
+    /// Interprets the fence-peer handler's exit code as DRBD does.
+    fn fence_peer_done(&mut self, code: i32) {
+        self.fencing_peer = false;
+        let (resume, what) = match code {
+            3 => (true, "the peer's disk is Inconsistent"),
+            4 => (true, "the peer's disk was outdated"),
+            5 => (self.disk == DiskState::UpToDate, "the peer is unreachable"),
+            6 => {
+                // The peer is Primary: this node's data is the stale one.
+                self.disk = DiskState::Outdated;
+                self.persist();
+                (false, "the peer is Primary; this node outdated itself")
+            }
+            7 => (true, "the peer was fenced"),
+            _ => (false, "the fence-peer handler failed"),
+        };
+        if matches!(code, 3 | 4 | 7) {
+            self.md.flags |= flags::PEER_OUT_DATED;
+            self.out.push(Action::WriteMd(self.md));
+        }
+        if self.frozen && resume {
+            self.frozen = false;
+            self.notify(format!("fence-peer exit {code}: {what}; IO resumed"));
+            self.start_waiting();
+        } else {
+            self.notify(format!(
+                "fence-peer exit {code}: {what}{}",
+                if self.frozen { "; IO stays frozen" } else { "" }
+            ));
+        }
+    }
+
+    /// True while new application IO is held (resource-and-stonith fencing).
+    pub fn io_frozen(&self) -> bool {
+        self.frozen
+    }
+
     fn lose_peer(&mut self, reason: String, next: ConnState) {
         let was_up_to_date_peer = self.peer.disk == Some(DiskState::UpToDate);
         self.conn = next;
@@ -2713,6 +2794,20 @@ impl Node {
         self.resync = None;
         self.ov = None;
         self.pending_sync = None;
+        if self.role == Role::Primary
+            && self.cfg.fencing != crate::config::FencingPolicy::DontCare
+            && !self.fencing_peer
+            && self.peer.disk.is_none_or(|d| d >= DiskState::Consistent)
+        {
+            // The peer may still be writable: ask the fence-peer handler to outdate or fence
+            // it; with resource-and-stonith no new write starts until it answers.
+            self.fencing_peer = true;
+            self.frozen = self.cfg.fencing == crate::config::FencingPolicy::ResourceAndStonith;
+            self.out.push(Action::FencePeer);
+            if self.frozen {
+                self.notify("IO frozen: the peer is being fenced (fence-peer handler)".into());
+            }
+        }
         if self.role == Role::Primary
             && self.disk == DiskState::UpToDate
             && was_up_to_date_peer

@@ -61,6 +61,7 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         after_sb_1pri: crate::config::AfterSb1Pri::Disconnect,
         after_sb_2pri: crate::config::AfterSb2Pri::Disconnect,
         always_asbp: false,
+        fencing: crate::config::FencingPolicy::DontCare,
     }
 }
 
@@ -78,6 +79,7 @@ struct Harness {
     connected: bool,
     hold: Option<Hold>,
     corrupt: Option<Corrupt>,
+    fence_calls: [u32; 2],
     pending_lost: Option<(usize, String)>,
     held: Vec<(usize, Packet)>,
     completed: HashMap<ReqId, Result<(), i32>>,
@@ -120,6 +122,7 @@ impl Harness {
             connected: false,
             hold: None,
             corrupt: None,
+            fence_calls: [0, 0],
             pending_lost: None,
             held: Vec::new(),
             completed: HashMap::new(),
@@ -191,6 +194,7 @@ impl Harness {
                 | Action::WriteBitmap
                 | Action::Notify(_)
                 | Action::RunHandler { .. } => {}
+                Action::FencePeer => self.fence_calls[i] += 1,
             }
         }
     }
@@ -1022,4 +1026,79 @@ fn manual_split_brain_recovery_resyncs_only_the_changes() {
         "the union of both sides' changes, not the disk"
     );
     assert_eq!(h.nodes[1].disk(), DiskState::UpToDate);
+}
+
+#[test]
+fn resource_and_stonith_freezes_io_until_the_peer_is_fenced() {
+    use crate::config::FencingPolicy;
+    let mut h = Harness::with(Protocol::C, 15, |c| {
+        c.fencing = FencingPolicy::ResourceAndStonith
+    });
+    h.connect();
+    h.command(0, Command::Primary { force: true }).unwrap();
+    h.run();
+    h.cut();
+    assert_eq!(
+        h.fence_calls,
+        [1, 0],
+        "the Primary calls fence-peer, the Secondary does not"
+    );
+    assert!(h.nodes[0].io_frozen());
+    let req = h.write(0, 0, 0x42, 4096);
+    h.run();
+    assert!(
+        !h.completed.contains_key(&req),
+        "IO is frozen while the handler runs"
+    );
+    h.feed(0, Event::FencePeerDone { code: 1 });
+    h.run();
+    assert!(
+        !h.completed.contains_key(&req),
+        "a failed handler keeps IO frozen"
+    );
+    h.feed(0, Event::FencePeerDone { code: 7 });
+    h.run();
+    assert_eq!(
+        h.completed.get(&req),
+        Some(&Ok(())),
+        "exit 7: the peer was fenced, IO resumes"
+    );
+    assert!(h.nodes[0].md().flags & flags::PEER_OUT_DATED != 0);
+
+    // Exit 6: the peer is Primary, this node outdates itself and stays frozen.
+    let mut h = Harness::with(Protocol::C, 16, |c| {
+        c.fencing = FencingPolicy::ResourceAndStonith
+    });
+    h.connect();
+    h.command(0, Command::Primary { force: true }).unwrap();
+    h.run();
+    h.cut();
+    h.feed(0, Event::FencePeerDone { code: 6 });
+    assert_eq!(h.nodes[0].disk(), DiskState::Outdated);
+    assert!(h.nodes[0].io_frozen());
+    // Exit 5 (unreachable) resumes only an UpToDate node: this one is Outdated now.
+    h.feed(0, Event::FencePeerDone { code: 5 });
+    assert!(h.nodes[0].io_frozen());
+}
+
+#[test]
+fn resource_only_fences_without_freezing_and_outdate_blocks_promotion() {
+    use crate::config::FencingPolicy;
+    let mut h = Harness::with(Protocol::C, 17, |c| c.fencing = FencingPolicy::ResourceOnly);
+    h.connect();
+    h.command(0, Command::Primary { force: true }).unwrap();
+    h.run();
+    h.cut();
+    assert_eq!(h.fence_calls[0], 1);
+    assert!(!h.nodes[0].io_frozen());
+    let req = h.write(0, 0, 1, 4096);
+    h.run();
+    assert_eq!(h.completed.get(&req), Some(&Ok(())));
+    // The Secondary is outdated: it cannot be promoted without --force.
+    let e = h.command(0, Command::Outdate).unwrap_err();
+    assert!(e.contains("Primary"), "{e}");
+    h.command(1, Command::Outdate).unwrap();
+    assert_eq!(h.nodes[1].disk(), DiskState::Outdated);
+    let e = h.command(1, Command::Primary { force: false }).unwrap_err();
+    assert!(e.contains("Outdated"), "{e}");
 }

@@ -177,6 +177,7 @@ impl Daemon {
                     .await
             }
             Request::Verify { resource } => self.command(&resource, Command::Verify).await,
+            Request::Outdate { resource } => self.command(&resource, Command::Outdate).await,
             Request::Invalidate { resource } => self.command(&resource, Command::Invalidate).await,
             Request::InvalidateRemote { resource } => {
                 self.command(&resource, Command::InvalidateRemote).await
@@ -317,6 +318,7 @@ impl Daemon {
             after_sb_1pri: net.after_sb_1pri,
             after_sb_2pri: net.after_sb_2pri,
             always_asbp: net.always_asbp,
+            fencing: net.fencing,
         };
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;

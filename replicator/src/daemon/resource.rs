@@ -64,6 +64,8 @@ pub enum Msg {
     Dialed(Established),
     /// Dialing failed.
     DialFailed(String),
+    /// The fence-peer handler exited.
+    FenceDone(i32),
     /// A status snapshot, please.
     Status {
         /// Where it goes.
@@ -330,6 +332,7 @@ impl Task {
             }
             Msg::IoDone { io, result } => self.apply(Event::LocalDone { io, result }),
             Msg::Dialed(est) => self.established(est),
+            Msg::FenceDone(code) => self.apply(Event::FencePeerDone { code }),
             Msg::DialFailed(reason) => {
                 self.dialing = false;
                 // A refused TCP connect is normal while the peer is down; a failed handshake
@@ -471,7 +474,21 @@ impl Task {
                     let _ = tx.send(Msg::IoDone { io, result });
                 });
             }
-            Action::RunHandler { name } => self.run_handler(name),
+            Action::RunHandler { name } => {
+                self.run_handler(name, None);
+            }
+            Action::FencePeer => {
+                let tx = self.tx.clone();
+                if !self.run_handler(
+                    "fence-peer",
+                    Some(Box::new(move |code| {
+                        let _ = tx.send(Msg::FenceDone(code));
+                    })),
+                ) {
+                    tracing::error!(resource = %self.name, "fencing is configured but no fence-peer handler; IO stays frozen until the peer reconnects");
+                    let _ = self.tx.send(Msg::FenceDone(-1));
+                }
+            }
             Action::WriteBitmap => {
                 if let Err(e) =
                     disk::write_bitmap(&self.md_dev, &self.layout, self.node.bitmap_words())
@@ -507,9 +524,10 @@ impl Task {
 
     /// Runs a configured handler in the background with DRBD's environment (and tandem's own
     /// names), logging how it ended; a handler that is not configured is skipped.
-    fn run_handler(&self, name: &'static str) {
+    /// Returns false when the handler is not configured. `done` gets the exit code.
+    fn run_handler(&self, name: &'static str, done: Option<Box<dyn FnOnce(i32) + Send>>) -> bool {
         let Some((_, cmd)) = self.handlers.iter().find(|(n, _)| n == name) else {
-            return;
+            return false;
         };
         let mut c = std::process::Command::new("sh");
         c.arg("-c").arg(cmd);
@@ -525,10 +543,22 @@ impl Task {
             c.env(k, v);
         }
         let (resource, cmd) = (self.name.clone(), cmd.clone());
-        std::thread::spawn(move || match c.status() {
-            Ok(st) => tracing::info!(%resource, handler = name, "handler '{cmd}' exited with {st}"),
-            Err(e) => tracing::error!(%resource, handler = name, "cannot run handler '{cmd}': {e}"),
+        std::thread::spawn(move || {
+            let code = match c.status() {
+                Ok(st) => {
+                    tracing::info!(%resource, handler = name, "handler '{cmd}' exited with {st}");
+                    st.code().unwrap_or(-1)
+                }
+                Err(e) => {
+                    tracing::error!(%resource, handler = name, "cannot run handler '{cmd}': {e}");
+                    -1
+                }
+            };
+            if let Some(done) = done {
+                done(code);
+            }
         });
+        true
     }
 
     /// Submits a local IO whose completion comes back to this task as [`Msg::IoDone`].
@@ -569,6 +599,7 @@ impl Task {
             size_bytes: s.size_bytes,
             uuids: s.uuids.iter().map(|u| format!("{u:016X}")).collect(),
             nbd_clients: self.nbd.connections(&self.name),
+            io_suspended: self.node.io_frozen(),
             peers: vec![PeerStatus {
                 name: self.peer.peer_node.clone(),
                 connection: s.connection.to_string(),
