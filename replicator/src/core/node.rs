@@ -216,6 +216,8 @@ pub struct NodeConfig {
     pub always_asbp: bool,
     /// `fencing`: what happens when a Primary loses its peer.
     pub fencing: crate::config::FencingPolicy,
+    /// `rr-conflict`: a Primary that would become SyncTarget.
+    pub rr_conflict: crate::config::RrConflict,
 }
 
 /// Online-verify requests in flight.
@@ -2491,7 +2493,15 @@ impl Node {
             }
         };
         if !i_am_source && self.role == Role::Primary {
-            return self.refuse("I am Primary but the peer has newer data: I would become SyncTarget (rr-conflict disconnect)".into());
+            let why = "I am Primary but the peer has newer data: I would become SyncTarget";
+            if self.cfg.rr_conflict == crate::config::RrConflict::RetryConnect {
+                let reason = format!("{why} (rr-conflict retry-connect)");
+                self.out.push(Action::DropConnection {
+                    reason: reason.clone(),
+                });
+                return self.lose_peer(reason, ConnState::Connecting);
+            }
+            return self.refuse(format!("{why} (rr-conflict {})", self.cfg.rr_conflict));
         }
         if i_am_source && self.disk < DiskState::Outdated {
             return self.refuse(format!(

@@ -62,6 +62,7 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         after_sb_2pri: crate::config::AfterSb2Pri::Disconnect,
         always_asbp: false,
         fencing: crate::config::FencingPolicy::DontCare,
+        rr_conflict: crate::config::RrConflict::Disconnect,
     }
 }
 

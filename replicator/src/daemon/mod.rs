@@ -319,6 +319,7 @@ impl Daemon {
             after_sb_2pri: net.after_sb_2pri,
             always_asbp: net.always_asbp,
             fencing: net.fencing,
+            rr_conflict: net.rr_conflict,
         };
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("random: {e}"))?;
