@@ -401,6 +401,12 @@ fn reader(
     })
 }
 
+/// Payloads up to this size are copied into the batch buffer; larger ones are written from
+/// their own buffer (no copy).
+const COPY_PAYLOAD_MAX: usize = 64 * 1024;
+/// A batch is written once it holds this much.
+const BATCH_BYTES: usize = 512 * 1024;
+
 fn writer(
     gen: u64,
     mut half: OwnedWriteHalf,
@@ -408,16 +414,58 @@ fn writer(
     out: mpsc::UnboundedSender<NetEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(packet) = rx.recv().await {
-            if let Err(reason) = write_packet(&mut half, &packet).await {
-                let _ = out.send(NetEvent::Lost { gen, reason });
+        let mut batch = BytesMut::with_capacity(BATCH_BYTES);
+        let mut sent: Vec<u64> = Vec::new();
+        while let Some(first) = rx.recv().await {
+            // Everything queued right now goes out in as few writes as possible: small
+            // packets (acks, 4 KiB writes) are gathered into one buffer.
+            let mut next = Some(first);
+            while let Some(packet) = next.take() {
+                let payload = wire::encode_head(&packet, &mut batch);
+                if let Packet::Data { seq, .. } = &packet {
+                    sent.push(*seq);
+                }
+                match payload {
+                    Some(p) if p.len() <= COPY_PAYLOAD_MAX => batch.extend_from_slice(&p),
+                    Some(p) => {
+                        if let Err(e) = flush_batch(&mut half, &mut batch).await {
+                            let _ = out.send(NetEvent::Lost { gen, reason: e });
+                            return;
+                        }
+                        if let Err(e) = half.write_all(&p).await {
+                            let _ = out.send(NetEvent::Lost {
+                                gen,
+                                reason: format!("write: {e}"),
+                            });
+                            return;
+                        }
+                    }
+                    None => {}
+                }
+                if batch.len() < BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if let Err(e) = flush_batch(&mut half, &mut batch).await {
+                let _ = out.send(NetEvent::Lost { gen, reason: e });
                 return;
             }
-            if let Packet::Data { seq, .. } = packet {
+            // Protocol A completes a write once it is in the socket's send buffer.
+            for seq in sent.drain(..) {
                 let _ = out.send(NetEvent::Sent { gen, seq });
             }
         }
     })
+}
+
+async fn flush_batch(half: &mut OwnedWriteHalf, batch: &mut BytesMut) -> Result<(), String> {
+    if !batch.is_empty() {
+        half.write_all(batch)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        batch.clear();
+    }
+    Ok(())
 }
 
 /// Starts the reader and writer tasks of an established connection.
