@@ -24,22 +24,14 @@ PORT_TARGETD=${PORT_TARGETD:-10810}
 PORT_QEMU=${PORT_QEMU:-10811}
 PORT_QEMU_WB=${PORT_QEMU_WB:-10812}
 
-for t in fio qemu-nbd nbdinfo python3; do
-    command -v "$t" >/dev/null || { echo "bench: $t is missing (bash scripts/deps.sh)" >&2; exit 1; }
-done
+source benches/lib.sh
+bench_need fio qemu-nbd nbdinfo python3
 
 echo "bench: building targetd (release)" >&2
 cargo build --release --quiet -p target --bin targetd
 TARGETD=build/release/targetd
 
-work=$(mktemp -d -p "${DIR:-${TMPDIR:-/tmp}}" nbd-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_init nbd-bench
 
 echo "bench: writing three ${SIZE_MIB} MiB files in $work" >&2
 for f in targetd.img qemu.img qemu-wb.img; do
@@ -61,28 +53,11 @@ uri_targetd="nbd://127.0.0.1:$PORT_TARGETD/targetd.img"
 uri_qemu="nbd://127.0.0.1:$PORT_QEMU/qemu.img"
 uri_qemu_wb="nbd://127.0.0.1:$PORT_QEMU_WB/qemu-wb.img"
 for uri in "$uri_targetd" "$uri_qemu" "$uri_qemu_wb"; do
-    for _ in $(seq 100); do
-        nbdinfo --size "$uri" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    nbdinfo --size "$uri" >/dev/null || { echo "bench: $uri does not answer" >&2; exit 1; }
+    bench_wait_uri "$uri"
 done
 
-# fio JSON -> "iops bw_mib_s clat_mean_us"
-summarize() {
-    python3 -c '
-import json, sys
-text = sys.stdin.read()
-j = json.loads(text[text.index("{"):])
-w = j["jobs"][0]["write"]
-print("%.0f %.1f %.1f" % (w["iops"], w["bw"] / 1024, w["clat_ns"]["mean"] / 1000))
-'
-}
-
 run_fio() { # uri rw bs iodepth
-    fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
-        --size="${SIZE_MIB}M" --runtime="$RUNTIME" --ramp_time=2 --time_based \
-        --group_reporting --output-format=json 2>"$work/fio.err" | summarize
+    bench_fio "$1" "$2" "$3" "$4" "${SIZE_MIB}M"
 }
 
 printf '%-22s %20s %20s %7s %20s %7s\n' "workload" "targetd" "qemu-nbd none+uring" "ratio" \

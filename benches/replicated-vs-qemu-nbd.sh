@@ -17,51 +17,22 @@ cd "$(dirname "$0")/.."
 RUNTIME=${RUNTIME:-10}
 SIZE_MIB=${SIZE_MIB:-1024}
 PROTOCOLS=${PROTOCOLS:-"A B C"}
-for t in fio qemu-nbd nbdinfo python3; do
-    command -v "$t" >/dev/null || { echo "bench: $t is missing (bash scripts/deps.sh)" >&2; exit 1; }
-done
+source benches/lib.sh
+bench_need fio qemu-nbd nbdinfo python3
 echo "bench: building replicatord and replctl (release)" >&2
 cargo build --release --quiet -p replicator --bins
 BIN=build/release
 
-work=$(mktemp -d -p "${DIR:-${TMPDIR:-/tmp}}" repl-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_init repl-bench
 
 mkfile() { dd if=/dev/zero of="$1" bs=1M count="$SIZE_MIB" oflag=direct status=none; }
-
-wait_uri() {
-    for _ in $(seq 200); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "bench: $1 does not answer" >&2; exit 1
-}
-
-summarize() {
-    python3 -c '
-import json, sys
-text = sys.stdin.read()
-j = json.loads(text[text.index("{"):])
-w = j["jobs"][0]["write"]
-print("%.0f %.1f %.1f" % (w["iops"], w["bw"] / 1024, w["clat_ns"]["mean"] / 1000))
-'
-}
-
-run_fio() { # uri rw bs iodepth
-    fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
-        --size="$((SIZE_MIB / 2))M" --runtime="$RUNTIME" --ramp_time=2 --time_based \
-        --group_reporting --output-format=json 2>"$work/fio.err" | summarize
-}
 
 WORKLOADS=("randwrite 4k 1" "randwrite 4k 32" "write 1M 8")
 declare -A RESULT
 
 measure() { # name uri
     for w in "${WORKLOADS[@]}"; do
-        RESULT["$1|$w"]=$(run_fio "$2" $w)
+        RESULT["$1|$w"]=$(bench_fio "$2" $w "$((SIZE_MIB / 2))M")
     done
 }
 
@@ -71,7 +42,7 @@ qemu-nbd --cache=none --aio=io_uring -f raw -x q -b 127.0.0.1 -p 10821 -t -e 64 
 pids+=($!)
 qemu-nbd --cache=writeback --aio=threads -f raw -x q -b 127.0.0.1 -p 10822 -t -e 64 "$work/qemu-wb.img" 2>"$work/qemu-wb.log" &
 pids+=($!)
-wait_uri nbd://127.0.0.1:10821/q; wait_uri nbd://127.0.0.1:10822/q
+bench_wait_uri nbd://127.0.0.1:10821/q; bench_wait_uri nbd://127.0.0.1:10822/q
 echo "bench: qemu-nbd none+io_uring" >&2; measure qemu nbd://127.0.0.1:10821/q
 echo "bench: qemu-nbd writeback" >&2; measure qemuwb nbd://127.0.0.1:10822/q
 
@@ -84,8 +55,8 @@ for proto in $PROTOCOLS; do
 resource r0 {
     net { protocol $proto; max-buffers 8k; }
     disk { c-plan-ahead 0; resync-rate 4G; ${EXTRA_DISK:-} }
-    on alpha { disk $d/alpha.img; meta-disk internal; address 127.0.0.1:$port; export { nbd 127.0.0.1:10830; } }
-    on beta  { disk $d/beta.img;  meta-disk internal; address 127.0.0.2:$port; export { nbd 127.0.0.2:10830; } }
+    on alpha { disk $d/alpha.img; meta-disk internal; address 127.0.0.1:$port; export { nbd 127.0.0.1:10860; } }
+    on beta  { disk $d/beta.img;  meta-disk internal; address 127.0.0.2:$port; export { nbd 127.0.0.2:10860; } }
 }
 CONF
     for n in alpha beta; do
@@ -105,8 +76,8 @@ CONF
         "$BIN/replctl" --run-dir "$d/run-beta" status r0 | grep -q "disk:UpToDate" && break; sleep 0.2
     done
     echo "bench: tandem protocol $proto (synced)" >&2
-    wait_uri nbd://127.0.0.1:10830/r0
-    measure "tandem-$proto" nbd://127.0.0.1:10830/r0
+    bench_wait_uri nbd://127.0.0.1:10860/r0
+    measure "tandem-$proto" nbd://127.0.0.1:10860/r0
     for n in alpha beta; do "$BIN/replctl" --run-dir "$d/run-$n" down r0 || true; done
     for p in "${pids[@]}"; do :; done
     kill "${pids[-1]}" "${pids[-2]}" 2>/dev/null || true

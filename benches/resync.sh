@@ -11,20 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE_MIB=${SIZE_MIB:-4096}
-for t in qemu-nbd nbdcopy nbdinfo fio; do
-    command -v "$t" >/dev/null || { echo "bench: $t is missing (bash scripts/deps.sh)" >&2; exit 1; }
-done
+source benches/lib.sh
+bench_need qemu-nbd nbdcopy nbdinfo fio python3
 echo "bench: building (release)" >&2
 cargo build --release --quiet -p replicator --bins
 BIN=build/release
-work=$(mktemp -d -p "${DIR:-${TMPDIR:-/tmp}}" resync-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_init resync-bench
 now() { date +%s.%N; }
 mibs() { python3 -c "import sys; print('%.0f' % (float(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2]))))" "$@"; }
 secs() { python3 -c "import sys; print('%.2f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$@"; }
@@ -43,9 +35,7 @@ raw=$(mibs "$SIZE_MIB" "$t0" "$t1")
 # nbdcopy between two qemu-nbd exports of the same kind of files.
 qemu-nbd -f raw -x s -b 127.0.0.1 -p 10841 -t -e 8 --cache=writeback "$work/src.img" 2>/dev/null & pids+=($!)
 qemu-nbd -f raw -x d -b 127.0.0.1 -p 10842 -t -e 8 --cache=writeback "$work/dst.img" 2>/dev/null & pids+=($!)
-for u in nbd://127.0.0.1:10841/s nbd://127.0.0.1:10842/d; do
-    for _ in $(seq 100); do nbdinfo --size "$u" >/dev/null 2>&1 && break; sleep 0.1; done
-done
+bench_wait_uri nbd://127.0.0.1:10841/s; bench_wait_uri nbd://127.0.0.1:10842/d
 t0=$(now); nbdcopy --flush nbd://127.0.0.1:10841/s nbd://127.0.0.1:10842/d; t1=$(now)
 nbdcopy_rate=$(mibs "$SIZE_MIB" "$t0" "$t1")
 

@@ -97,13 +97,7 @@ fn application_writes_progress_during_a_full_speed_resync() {
         "",
         "c-plan-ahead 20; c-fill-target 1M; c-max-rate 50M; c-min-rate 1M;",
     );
-    p.start(0);
-    p.start(1);
-    run_ok(&mut p.replctl(0, &["up", "r0"]));
-    run_ok(&mut p.replctl(1, &["up", "r0"]));
-    p.wait_status(0, "alpha connected", |s| {
-        s["peers"][0]["connection"] == "Connected"
-    });
+    p.up_connected();
     // `replctl events` streams the resync's progress.
     let mut events = tandem_tests::ChildGuard(
         p.replctl(0, &["events"])
@@ -185,13 +179,7 @@ fn application_writes_progress_during_a_full_speed_resync() {
 #[test]
 fn skip_initial_sync_invalidate_remote_and_resume_after_sigkill() {
     let mut p = Pair::with_disk(24, 'C', "", "c-plan-ahead 0; resync-rate 8M;");
-    p.start(0);
-    p.start(1);
-    run_ok(&mut p.replctl(0, &["up", "r0"]));
-    run_ok(&mut p.replctl(1, &["up", "r0"]));
-    p.wait_status(0, "alpha connected", |s| {
-        s["peers"][0]["connection"] == "Connected"
-    });
+    p.up_connected();
     run_ok(&mut p.replctl(0, &["new-current-uuid", "--clear-bitmap", "r0"]));
     p.wait_status(1, "beta UpToDate without a sync", |s| {
         s["disk"] == "UpToDate"

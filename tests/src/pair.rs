@@ -234,9 +234,8 @@ impl Pair {
         });
     }
 
-    /// Starts both daemons, `up` on both, `primary --force` on alpha, and waits for the
-    /// initial full sync to finish.
-    pub fn up_synced(&mut self) {
+    /// Starts both daemons, `up` on both, and waits until they are connected.
+    pub fn up_connected(&mut self) {
         self.start(0);
         self.start(1);
         run_ok(&mut self.replctl(0, &["up", "r0"]));
@@ -244,6 +243,12 @@ impl Pair {
         self.wait_status(0, "alpha connected", |s| {
             s["peers"][0]["connection"] == "Connected"
         });
+    }
+
+    /// Starts both daemons, `up` on both, `primary --force` on alpha, and waits for the
+    /// initial full sync to finish.
+    pub fn up_synced(&mut self) {
+        self.up_connected();
         run_ok(&mut self.replctl(0, &["primary", "--force", "r0"]));
         self.wait_status(1, "beta UpToDate after the initial sync", |s| {
             s["disk"] == "UpToDate" && s["peers"][0]["replication"] == "Established"
