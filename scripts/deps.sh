@@ -20,6 +20,7 @@ TANDEM_APT_PACKAGES=(
     fio             # fio --ioengine=nbd: NBD verify and benchmark
     fuse3           # fusermount3, /dev/fuse for nbdfuse
     mount           # mount, umount
+    qemu-block-extra # qemu's iscsi:// driver: writes in the iSCSI benchmark (qemu-nbd serving a LUN)
     libiscsi-bin    # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf: iSCSI interop
 )
 

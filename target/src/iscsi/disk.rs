@@ -95,7 +95,7 @@ pub fn data_out_bytes(cdb: &[u8; 16]) -> Option<u32> {
         op::WRITE_6 => Some(if cdb[4] == 0 { 256 } else { u32::from(cdb[4]) }),
         op::WRITE_10 | op::WRITE_AND_VERIFY_10 => Some(u32::from(be16(cdb, 7))),
         op::WRITE_12 | op::WRITE_AND_VERIFY_12 => Some(be32(cdb, 6)),
-        op::WRITE_16 | op::WRITE_AND_VERIFY_16 => Some(be32(cdb, 10)),
+        op::WRITE_16 | op::WRITE_AND_VERIFY_16 | op::ORWRITE_16 => Some(be32(cdb, 10)),
         op::COMPARE_AND_WRITE => Some(2 * u32::from(cdb[13])),
         _ => None,
     }?;
@@ -254,6 +254,21 @@ impl LogicalUnit {
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => self.write_same(cdb, data).await,
             op::UNMAP => self.unmap(cdb, data).await,
             op::COMPARE_AND_WRITE => self.compare_and_write(cdb, data).await,
+            op::ORWRITE_16 => self.orwrite(cdb, data).await,
+            op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
+                // No defects: a header with an empty list in the format asked for.
+                let format = if opcode == op::READ_DEFECT_DATA_10 {
+                    cdb[2] & 0x1f
+                } else {
+                    cdb[1] & 0x1f
+                };
+                let (d, allocation) = if opcode == op::READ_DEFECT_DATA_10 {
+                    (vec![0, format, 0, 0], usize::from(be16(cdb, 7)))
+                } else {
+                    (vec![0, format, 0, 0, 0, 0, 0, 0], be32(cdb, 6) as usize)
+                };
+                Ok(Outcome::good(truncate(d, allocation)))
+            }
             op::RESERVE_6 | op::RESERVE_10 => {
                 if opcode == op::RESERVE_10 && cdb[1] & 0x02 != 0 {
                     // Third-party reservations are not supported.
@@ -582,6 +597,45 @@ impl LogicalUnit {
         }
         self.volume
             .write(offset, data.slice(n..), cdb[1] & 0x08 != 0)
+            .await
+            .map_err(|e| volume_error(&e, true))?;
+        Ok(Outcome::good(Vec::new()))
+    }
+
+    /// ORWRITE(16): each block becomes the OR of the medium and the data sent, atomically
+    /// with respect to other ORWRITEs and COMPARE AND WRITEs.
+    async fn orwrite(&self, cdb: &[u8; 16], data: Bytes) -> Result<Outcome> {
+        if cdb[1] & 0xe0 != 0 {
+            // ORPROTECT: no protection information here.
+            return Err(Outcome::check(Sense::INVALID_FIELD_IN_CDB.at_cdb(1)));
+        }
+        let lba = be64(cdb, 2);
+        let blocks = be32(cdb, 10);
+        if blocks > MAX_TRANSFER_BLOCKS {
+            return Err(Outcome::check(Sense::INVALID_FIELD_IN_CDB.at_cdb(10)));
+        }
+        self.range(lba, u64::from(blocks))?;
+        self.writable()?;
+        let n = (blocks as usize * BLOCK_BYTES as usize).min(data.len()) / BLOCK_BYTES as usize
+            * BLOCK_BYTES as usize;
+        if n == 0 {
+            return Ok(Outcome::good(Vec::new()));
+        }
+        let _atomic = self.compare_and_write.lock().await;
+        let offset = lba * u64::from(BLOCK_BYTES);
+        let mut medium = self
+            .volume
+            .read(
+                offset,
+                u32::try_from(n).expect("bounded by MAX_TRANSFER_BLOCKS"),
+            )
+            .await
+            .map_err(|e| volume_error(&e, false))?;
+        for (m, d) in medium.iter_mut().zip(&data[..n]) {
+            *m |= d;
+        }
+        self.volume
+            .write(offset, Bytes::from(medium), cdb[1] & 0x08 != 0)
             .await
             .map_err(|e| volume_error(&e, true))?;
         Ok(Outcome::good(Vec::new()))
@@ -1261,6 +1315,31 @@ mod tests {
         );
         assert_eq!(&o.data[8..16], &8u64.to_be_bytes(), "{o:?}");
         assert_eq!(o.data[20], 0, "mapped: {o:?}");
+    }
+
+    #[test]
+    fn orwrite_ors_into_the_medium() {
+        let (_d, lu) = lu(64);
+        let o = run(
+            &lu,
+            &[op::WRITE_10, 0, 0, 0, 0, 3, 0, 0, 1, 0],
+            &[0x0f; 512],
+        );
+        assert_eq!(o.status, status::GOOD);
+        let o = run(
+            &lu,
+            &[op::ORWRITE_16, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0],
+            &[0xf0; 512],
+        );
+        assert_eq!(o.status, status::GOOD);
+        let o = run(&lu, &[op::READ_10, 0, 0, 0, 0, 3, 0, 0, 1, 0], &[]);
+        assert!(o.data.iter().all(|&b| b == 0xff));
+        let o = run(
+            &lu,
+            &[op::ORWRITE_16, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 1, 0, 0],
+            &[0; 512],
+        );
+        assert_eq!(o.sense, Some(Sense::LBA_OUT_OF_RANGE));
     }
 
     #[test]

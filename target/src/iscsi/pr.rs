@@ -98,7 +98,9 @@ fn classify(opcode: u8) -> Access {
         | op::PRE_FETCH_10
         | op::PRE_FETCH_16
         | op::MODE_SENSE_6
-        | op::MODE_SENSE_10 => Access::Read,
+        | op::MODE_SENSE_10
+        | op::READ_DEFECT_DATA_10
+        | op::READ_DEFECT_DATA_12 => Access::Read,
         _ => Access::Write,
     }
 }
