@@ -25,6 +25,61 @@ use tokio::sync::oneshot;
 const RING_ENTRIES: u32 = 256;
 /// user_data of the eventfd read that wakes the ring thread.
 const WAKE: u64 = u64::MAX;
+/// O_DIRECT is used for requests aligned to this (offset, length and buffer); others go
+/// through the page cache on a second descriptor of the same file.
+const DIRECT_ALIGN: usize = 4096;
+
+/// A heap buffer aligned for O_DIRECT.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(DIRECT_ALIGN), DIRECT_ALIGN)
+            .expect("valid layout")
+    }
+
+    fn zeroed(len: usize) -> AlignedBuf {
+        // SAFETY: the layout has a non-zero size (at least DIRECT_ALIGN).
+        let raw = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        let ptr = std::ptr::NonNull::new(raw)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(len)));
+        AlignedBuf { ptr, len }
+    }
+
+    fn copy_of(data: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::zeroed(data.len());
+        b.as_mut_slice().copy_from_slice(data);
+        b
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr points to an allocation of at least len bytes, initialized (zeroed), owned
+        // by self for self's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, and &mut self gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this same layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+fn direct_ok(offset: u64, len: usize) -> bool {
+    offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0 && len > 0
+}
 
 /// Which engine a [`Backing`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +130,19 @@ pub enum IoOp {
 }
 
 enum Kind {
-    Write { buf: Bytes, done: usize, fua: bool },
-    Read { buf: Vec<u8>, done: usize },
+    /// `direct`: an aligned copy written with O_DIRECT (then `done` counts into it).
+    Write {
+        buf: Bytes,
+        done: usize,
+        fua: bool,
+        direct: Option<AlignedBuf>,
+    },
+    /// `direct`: read with O_DIRECT into this, copied out at the end.
+    Read {
+        buf: Vec<u8>,
+        done: usize,
+        direct: Option<AlignedBuf>,
+    },
     Flush,
 }
 
@@ -102,8 +168,8 @@ impl Shared {
     }
 }
 
-/// Stops the ring thread when the last [`Backing`] clone goes.
-struct RingHandle(Arc<Shared>);
+/// Stops the ring thread when the last [`Backing`] clone goes. The flag: O_DIRECT is in use.
+struct RingHandle(Arc<Shared>, bool);
 
 impl Drop for RingHandle {
     fn drop(&mut self) {
@@ -127,9 +193,14 @@ impl Backing {
             tracing::info!(disk = %name, "backing IO: pread/pwrite on a thread pool (TANDEM_IO=threads)");
             None
         } else {
-            match start_ring(file.clone()) {
+            let direct = open_direct(path);
+            let how = match &direct {
+                Ok(_) => "O_DIRECT for 4 KiB-aligned requests".to_string(),
+                Err(e) => format!("page cache only: O_DIRECT is not supported here ({e})"),
+            };
+            match start_ring(file.clone(), direct.ok()) {
                 Ok(r) => {
-                    tracing::info!(disk = %name, "backing IO: io_uring, batched submission");
+                    tracing::info!(disk = %name, "backing IO: io_uring, batched submission, {how}");
                     Some(Arc::new(r))
                 }
                 Err(e) => {
@@ -154,6 +225,11 @@ impl Backing {
         }
     }
 
+    /// True when aligned requests bypass the page cache (O_DIRECT).
+    pub fn direct(&self) -> bool {
+        self.ring.as_ref().is_some_and(|r| r.1)
+    }
+
     /// The path, for logs.
     pub fn path(&self) -> &str {
         &self.path
@@ -163,21 +239,32 @@ impl Backing {
     pub fn submit(&self, op: IoOp, done: Done) {
         if let Some(ring) = &self.ring {
             let (kind, offset) = match op {
-                IoOp::Write { offset, data, fua } => (
-                    Kind::Write {
-                        buf: data,
-                        done: 0,
-                        fua,
-                    },
-                    offset,
-                ),
-                IoOp::Read { offset, len } => (
-                    Kind::Read {
-                        buf: vec![0u8; len as usize],
-                        done: 0,
-                    },
-                    offset,
-                ),
+                IoOp::Write { offset, data, fua } => {
+                    let direct = (ring.1 && direct_ok(offset, data.len()))
+                        .then(|| AlignedBuf::copy_of(&data));
+                    (
+                        Kind::Write {
+                            buf: data,
+                            done: 0,
+                            fua,
+                            direct,
+                        },
+                        offset,
+                    )
+                }
+                IoOp::Read { offset, len } => {
+                    let len = len as usize;
+                    let direct =
+                        (ring.1 && direct_ok(offset, len)).then(|| AlignedBuf::zeroed(len));
+                    (
+                        Kind::Read {
+                            buf: vec![0u8; len],
+                            done: 0,
+                            direct,
+                        },
+                        offset,
+                    )
+                }
                 IoOp::Flush => (Kind::Flush, 0),
             };
             ring.0
@@ -237,7 +324,21 @@ impl Backing {
     }
 }
 
-fn start_ring(file: Arc<File>) -> std::io::Result<RingHandle> {
+/// A second descriptor with O_DIRECT, if the file system takes it (tmpfs does not) and an
+/// aligned read through it works.
+fn open_direct(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let mut probe = AlignedBuf::zeroed(DIRECT_ALIGN);
+    f.read_exact_at(probe.as_mut_slice(), 0)?;
+    Ok(f)
+}
+
+fn start_ring(file: Arc<File>, direct: Option<File>) -> std::io::Result<RingHandle> {
     let ring = IoUring::new(RING_ENTRIES)?;
     // SAFETY: eventfd(2) with valid flags; the result is checked before use.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -252,17 +353,50 @@ fn start_ring(file: Arc<File>) -> std::io::Result<RingHandle> {
         closed: AtomicBool::new(false),
     });
     let thread_shared = shared.clone();
+    let has_direct = direct.is_some();
     std::thread::Builder::new()
         .name("tandem-uring".into())
-        .spawn(move || ring_thread(ring, file, thread_shared))?;
-    Ok(RingHandle(shared))
+        .spawn(move || ring_thread(ring, file, direct, thread_shared))?;
+    Ok(RingHandle(shared, has_direct))
 }
 
 /// The sqe for `op` (or its remainder after a short transfer).
-fn sqe(fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue::Entry {
-    let fd = types::Fd(fd);
+fn sqe(fd: RawFd, direct_fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue::Entry {
+    let (fd, dfd) = (types::Fd(fd), types::Fd(direct_fd));
     match &mut op.kind {
-        Kind::Write { buf, done, fua } => {
+        Kind::Write {
+            done,
+            fua,
+            direct: Some(d),
+            ..
+        } => {
+            let rest = &d.as_slice()[*done..];
+            let len = u32::try_from(rest.len()).expect("writes are at most 32 MiB");
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            opcode::Write::new(dfd, rest.as_ptr(), len)
+                .offset(op.offset + *done as u64)
+                .rw_flags(flags)
+                .build()
+                .user_data(slot)
+        }
+        Kind::Read {
+            done,
+            direct: Some(d),
+            ..
+        } => {
+            let rest = &mut d.as_mut_slice()[*done..];
+            let len = u32::try_from(rest.len()).expect("reads are at most 32 MiB");
+            opcode::Read::new(dfd, rest.as_mut_ptr(), len)
+                .offset(op.offset + *done as u64)
+                .build()
+                .user_data(slot)
+        }
+        Kind::Write {
+            buf,
+            done,
+            fua,
+            direct: None,
+        } => {
             let rest = &buf[*done..];
             let len = u32::try_from(rest.len()).expect("writes are at most 32 MiB");
             let flags = if *fua { libc::RWF_DSYNC } else { 0 };
@@ -272,7 +406,11 @@ fn sqe(fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue::Entry {
                 .build()
                 .user_data(slot)
         }
-        Kind::Read { buf, done } => {
+        Kind::Read {
+            buf,
+            done,
+            direct: None,
+        } => {
             let rest = &mut buf[*done..];
             let len = u32::try_from(rest.len()).expect("reads are at most 32 MiB");
             opcode::Read::new(fd, rest.as_mut_ptr(), len)
@@ -287,8 +425,9 @@ fn sqe(fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue::Entry {
     }
 }
 
-fn ring_thread(mut ring: IoUring, file: Arc<File>, shared: Arc<Shared>) {
+fn ring_thread(mut ring: IoUring, file: Arc<File>, direct: Option<File>, shared: Arc<Shared>) {
     let fd = file.as_raw_fd();
+    let direct_fd = direct.as_ref().map_or(fd, AsRawFd::as_raw_fd);
     let mut slots: Vec<Option<Op>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut waiting: VecDeque<usize> = VecDeque::new();
@@ -313,7 +452,7 @@ fn ring_thread(mut ring: IoUring, file: Arc<File>, shared: Arc<Shared>) {
         // Push whatever fits; the rest waits for completions to free the queue.
         while let Some(&slot) = waiting.front() {
             let op = slots[slot].as_mut().expect("waiting slot holds an op");
-            let e = sqe(fd, op, slot as u64);
+            let e = sqe(fd, direct_fd, op, slot as u64);
             // SAFETY: the op (and so its buffer) stays in `slots` until its completion is
             // reaped, so the pointers in the sqe stay valid while the kernel uses them.
             if unsafe { ring.submission().push(&e) }.is_err() {
@@ -363,8 +502,14 @@ fn ring_thread(mut ring: IoUring, file: Arc<File>, shared: Arc<Shared>) {
             } else {
                 let n = usize::try_from(res).expect("non-negative");
                 match &mut op.kind {
-                    Kind::Write { buf, done, .. } => {
+                    Kind::Write {
+                        buf, done, direct, ..
+                    } => {
                         *done += n;
+                        if n > 0 && *done < buf.len() {
+                            // A short O_DIRECT transfer: the rest goes through the page cache.
+                            *direct = None;
+                        }
                         (n == 0 || *done >= buf.len()).then(|| {
                             if n == 0 {
                                 Err(libc::EIO)
@@ -373,8 +518,17 @@ fn ring_thread(mut ring: IoUring, file: Arc<File>, shared: Arc<Shared>) {
                             }
                         })
                     }
-                    Kind::Read { buf, done } => {
+                    Kind::Read { buf, done, direct } => {
                         *done += n;
+                        if let Some(d) = direct.as_ref() {
+                            // Data read with O_DIRECT lands in the aligned buffer; move it over
+                            // when done or when a short read hands the rest to the page cache.
+                            let upto = (*done).min(buf.len());
+                            buf[..upto].copy_from_slice(&d.as_slice()[..upto]);
+                            if *done < buf.len() {
+                                *direct = None;
+                            }
+                        }
                         if n == 0 {
                             Some(Err(libc::EIO))
                         } else if *done >= buf.len() {
@@ -420,6 +574,23 @@ mod tests {
             Err(libc::EIO),
             "reading past the end fails"
         );
+        // An unaligned write (page cache) inside an aligned range read back with O_DIRECT.
+        b.write(4096 + 512, Bytes::from(vec![0xee; 512]), false)
+            .await
+            .unwrap();
+        let back = b.read(4096, 4096).await.unwrap();
+        assert!(back[512..1024].iter().all(|&x| x == 0xee));
+        assert_eq!(back[..512], data[4096..4096 + 512]);
+    }
+
+    fn on_tmpfs(path: &std::path::Path) -> bool {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs fills the zeroed struct we own; `c` is a valid C string.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+        rc == 0 && st.f_type == TMPFS_MAGIC
     }
 
     #[test]
@@ -435,6 +606,11 @@ mod tests {
         rt.block_on(async {
             let ring = Backing::open(&path).unwrap();
             assert_eq!(ring.engine(), Engine::IoUring, "this machine has io_uring");
+            assert_eq!(
+                ring.direct(),
+                !on_tmpfs(dir.path()),
+                "O_DIRECT wherever the file system has it"
+            );
             exercise(&ring).await;
             let threads = Backing {
                 ring: None,
