@@ -1,8 +1,8 @@
 //! `targetd --iscsi` against Debian's libiscsi tools: `iscsi-ls`, `iscsi-inq` and
 //! `iscsi-readcapacity16` with and without CHAP (one-way and mutual; wrong secrets refused and
-//! logged), and libiscsi's conformance suite `iscsi-test-cu --dataloss --test=ALL` run against
-//! our target and against tgt's `tgtd` serving the same kind of file in the same test, with a
-//! floor on our pass count. Every process is owned by a guard, so a failing test cleans up.
+//! logged), and libiscsi's conformance suite `iscsi-test-cu --dataloss --test=ALL` (with a
+//! second path, so the multipath tests run too) against our target and against tgt's `tgtd`
+//! serving the same kind of file in the same test, with a floor on our pass count. Every process is owned by a guard, so a failing test cleans up.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -321,9 +321,12 @@ fn parse_verdicts(output: &str) -> Verdicts {
     }
 }
 
+/// The whole suite, with the LUN given twice so the MultipathIO tests run over two sessions
+/// instead of skipping.
 fn conformance(url: &str) -> (Verdicts, String) {
     let out = run(libiscsi("iscsi-test-cu")
         .args(["--dataloss", "--test=ALL"])
+        .arg(url)
         .arg(url));
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -341,7 +344,7 @@ fn conformance_suite_passes_more_than_tgt() {
     let (theirs, _) = conformance(&format!("iscsi://127.0.0.1:{tgt_port}/{tgt_iqn}/1"));
     drop(tgtd);
 
-    eprintln!("iscsi-test-cu --dataloss --test=ALL ({CONFORMANCE_TESTS} tests)");
+    eprintln!("iscsi-test-cu --dataloss --test=ALL URL URL ({CONFORMANCE_TESTS} tests)");
     eprintln!("target          passed  failed  skipped(of passed)");
     eprintln!(
         "tandem targetd  {:6}  {:6}  {:6}",

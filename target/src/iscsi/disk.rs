@@ -28,6 +28,9 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 /// The bytes written per volume call while expanding WRITE SAME.
 const WRITE_SAME_CHUNK_BYTES: u64 = 1 << 20;
+/// The most I_T nexuses whose unit attention state is kept (past it the oldest state is
+/// forgotten, which at worst loses a pending unit attention).
+pub const MAX_NEXUSES: usize = 1024;
 /// Vendor identification (8 bytes).
 const VENDOR: &[u8; 8] = b"TANDEM  ";
 /// Product identification (16 bytes).
@@ -111,6 +114,7 @@ pub struct LogicalUnit {
     id: [u8; 16],
     blocks: u64,
     reservations: Mutex<Reservations>,
+    attention: Mutex<Attention>,
     /// COMPARE AND WRITE is atomic against other COMPARE AND WRITEs.
     compare_and_write: tokio::sync::Mutex<()>,
 }
@@ -121,6 +125,35 @@ impl std::fmt::Debug for LogicalUnit {
             .field("target_name", &self.target_name)
             .field("blocks", &self.blocks)
             .finish()
+    }
+}
+
+/// Unit attentions (SAM-5 §5.14): a reset raises one for every I_T nexus known to the logical
+/// unit; each nexus is told once, on its next command other than INQUIRY, REPORT LUNS and
+/// REQUEST SENSE (which reports and clears it). A nexus first seen after the reset is not told.
+#[derive(Debug, Default)]
+struct Attention {
+    generation: u64,
+    seen: std::collections::HashMap<String, u64>,
+}
+
+impl Attention {
+    /// Whether `nexus` has a unit attention pending; clears it when `clear`.
+    fn pending(&mut self, nexus: &str, clear: bool) -> bool {
+        let generation = self.generation;
+        if !self.seen.contains_key(nexus) {
+            if self.seen.len() >= MAX_NEXUSES {
+                self.seen.clear();
+            }
+            self.seen.insert(nexus.to_string(), generation);
+            return false;
+        }
+        let seen = self.seen.get_mut(nexus).expect("present");
+        let pending = *seen < generation;
+        if pending && clear {
+            *seen = generation;
+        }
+        pending
     }
 }
 
@@ -140,6 +173,7 @@ impl LogicalUnit {
             target_name: target_name.to_string(),
             id,
             reservations: Mutex::new(Reservations::default()),
+            attention: Mutex::new(Attention::default()),
             compare_and_write: tokio::sync::Mutex::new(()),
         }
     }
@@ -153,14 +187,21 @@ impl LogicalUnit {
         self.reservations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A LUN reset: clears the SPC-2 reservation.
-    pub fn reset(&self) {
-        self.reservations().reset_legacy(None);
+    fn attention(&self) -> std::sync::MutexGuard<'_, Attention> {
+        self.attention.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The I_T nexus `nexus` is gone: its SPC-2 reservation is released.
+    /// A LUN reset: clears the SPC-2 reservation and raises a unit attention for every nexus.
+    pub fn reset(&self) {
+        self.reservations().reset_legacy(None);
+        self.attention().generation += 1;
+    }
+
+    /// The I_T nexus `nexus` is gone: its SPC-2 reservation is released and its unit attention
+    /// state forgotten.
     pub fn nexus_lost(&self, nexus: &str) {
         self.reservations().reset_legacy(Some(nexus));
+        self.attention().seen.remove(nexus);
     }
 
     fn thin(&self) -> bool {
@@ -183,6 +224,20 @@ impl LogicalUnit {
             return Err(Outcome::check(
                 Sense::INVALID_FIELD_IN_CDB.at_cdb(u16::try_from(len - 1).expect("small")),
             ));
+        }
+        match opcode {
+            op::INQUIRY | op::REPORT_LUNS => {}
+            op::REQUEST_SENSE => {
+                if self.attention().pending(nexus, true) {
+                    let s = Sense::RESET_OCCURRED.encode().to_vec();
+                    return Ok(Outcome::good(truncate(s, usize::from(cdb[4]))));
+                }
+            }
+            _ => {
+                if self.attention().pending(nexus, true) {
+                    return Err(Outcome::check(Sense::RESET_OCCURRED));
+                }
+            }
         }
         if let Err(r) = self.reservations().check(nexus, opcode) {
             return Err(refusal(r));
@@ -1340,6 +1395,31 @@ mod tests {
             &[0; 512],
         );
         assert_eq!(o.sense, Some(Sense::LBA_OUT_OF_RANGE));
+    }
+
+    #[test]
+    fn a_reset_raises_one_unit_attention_per_known_nexus() {
+        let (_d, lu) = lu(64);
+        let tur = [op::TEST_UNIT_READY, 0, 0, 0, 0, 0];
+        assert_eq!(run_as(&lu, "a", &tur).status, status::GOOD);
+        assert_eq!(run_as(&lu, "b", &tur).status, status::GOOD);
+        lu.reset();
+        assert_eq!(run_as(&lu, "a", &tur).sense, Some(Sense::RESET_OCCURRED));
+        assert_eq!(run_as(&lu, "a", &tur).status, status::GOOD);
+        let inq = [op::INQUIRY, 0, 0, 0, 36, 0];
+        assert_eq!(run_as(&lu, "b", &inq).status, status::GOOD);
+        let rs = run_as(&lu, "b", &[op::REQUEST_SENSE, 0, 0, 0, 18, 0]);
+        assert_eq!(Sense::decode(&rs.data), Some(Sense::RESET_OCCURRED));
+        assert_eq!(run_as(&lu, "b", &tur).status, status::GOOD);
+        assert_eq!(run_as(&lu, "c", &tur).status, status::GOOD, "new nexus");
+    }
+
+    fn run_as(lu: &LogicalUnit, nexus: &str, c: &[u8]) -> Outcome {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(lu.execute(nexus, &cdb(c), Bytes::new()))
     }
 
     #[test]

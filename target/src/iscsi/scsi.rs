@@ -17,6 +17,8 @@ pub mod status {
 pub mod key {
     /// NOT READY.
     pub const NOT_READY: u8 = 0x02;
+    /// UNIT ATTENTION.
+    pub const UNIT_ATTENTION: u8 = 0x06;
     /// MEDIUM ERROR.
     pub const MEDIUM_ERROR: u8 = 0x03;
     /// ILLEGAL REQUEST.
@@ -95,6 +97,8 @@ impl Sense {
     pub const WRITE_ERROR: Sense = Sense::new(key::MEDIUM_ERROR, 0x0c, 0x00);
     /// LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY STATE (a demoted replica).
     pub const STANDBY: Sense = Sense::new(key::NOT_READY, 0x04, 0x0b);
+    /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (the unit attention after a reset).
+    pub const RESET_OCCURRED: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x00);
     /// DATA PHASE ERROR (a Data-Out out of sequence).
     pub const DATA_PHASE_ERROR: Sense = Sense::new(key::ABORTED_COMMAND, 0x4b, 0x00);
     /// DATA OFFSET ERROR (a Data-Out at the wrong buffer offset).
