@@ -14,6 +14,8 @@ mod node;
 pub mod uuid;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use node::*;

@@ -1710,7 +1710,6 @@ impl Node {
                 len,
                 csum,
             } => {
-                self.release((offset, u64::from(len)));
                 if self.conn == ConnState::Connected {
                     match result {
                         Ok(Some(data))
@@ -1740,6 +1739,9 @@ impl Node {
                             .push(Action::Send(Packet::RsNegAck { offset, len })),
                     }
                 }
+                // Only after the reply is queued: a write that waited for this read sends its
+                // Data behind the reply, so the target applies the older data first.
+                self.release((offset, u64::from(len)));
             }
             IoPurpose::RsWrite { offset, len: len64 } => {
                 let range = (offset, len64);
@@ -2576,6 +2578,10 @@ impl Node {
         // from the bitmaps instead of starting over (DRBD's P_SYNC_UUID).
         let bm = self.md.uuids[1];
         let uuid = if bm != 0 && bm != UUID_JUST_CREATED {
+            // The old bitmap UUID goes into the history (DRBD's drbd_uuid_set): a target that
+            // never got the SyncUuid still finds its current UUID here and is not "unrelated".
+            self.md.uuids[3] = self.md.uuids[2];
+            self.md.uuids[2] = bm;
             bm.wrapping_add(1 << 48)
         } else {
             self.new_uuid()
@@ -2726,8 +2732,17 @@ impl Node {
             self.md.uuids[1] = 0;
         }
         self.bitmap.clear_all();
+        // A Consistent source (a crashed Primary restarted) now has a peer holding exactly its
+        // data: both are the newest there is, as DRBD's resync-finished makes both UpToDate.
+        let was_consistent = self.disk == DiskState::Consistent;
+        if was_consistent {
+            self.disk = DiskState::UpToDate;
+        }
         self.persist();
         self.out.push(Action::WriteBitmap);
+        if was_consistent {
+            self.send_state();
+        }
         self.send_uuids();
         self.notify("resync finished: peer UpToDate".into());
     }
