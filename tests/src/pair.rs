@@ -168,6 +168,11 @@ impl Pair {
         );
     }
 
+    /// A command that runs in node `i`'s network namespace.
+    pub fn ns_cmd(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self._ns[i].cmd(program)
+    }
+
     /// Cuts the link between the nodes (both ends of the veth down).
     pub fn partition(&self) {
         for i in 0..2 {

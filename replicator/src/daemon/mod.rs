@@ -38,6 +38,7 @@ pub struct Options {
 struct Daemon {
     opts: Options,
     nbd: Arc<NbdServer>,
+    iscsi: Arc<target::iscsi::server::IscsiServer>,
     resources: Mutex<HashMap<String, resource::Handle>>,
     events: broadcast::Sender<EventLine>,
     tcp_exports: Mutex<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
@@ -62,6 +63,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let daemon = Arc::new(Daemon {
         opts,
         nbd,
+        iscsi: Arc::new(target::iscsi::server::IscsiServer::new(Default::default())),
         resources: Mutex::new(HashMap::new()),
         events,
         tcp_exports: Mutex::new(HashMap::new()),
@@ -93,6 +95,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     daemon.nbd.shutdown(Duration::from_secs(2)).await;
+    daemon.iscsi.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_file(&control_path);
     let _ = std::fs::remove_file(&nbd_path);
     Ok(())
@@ -344,6 +347,13 @@ impl Daemon {
             connect_int: Duration::from_millis(u64::from(net.connect_int_ms)),
             handlers: r.handlers.commands.clone(),
             nbd: self.nbd.clone(),
+            iscsi: view
+                .local
+                .export
+                .as_ref()
+                .unwrap_or(&r.export)
+                .iscsi
+                .map(|_| self.iscsi.clone()),
             events: self.events.clone(),
             seed: u64::from_le_bytes(seed),
         };
@@ -357,8 +367,8 @@ impl Daemon {
         if let Some(addr) = export.nbd {
             self.serve_tcp(addr).await?;
         }
-        if export.iscsi.is_some() {
-            tracing::warn!(resource = %name, "export iscsi is not implemented yet; only NBD is served");
+        if let Some(addr) = export.iscsi {
+            self.serve_iscsi(addr).await?;
         }
         let (reply, rx) = oneshot::channel();
         let _ = tx.send(resource::Msg::Cmd {
@@ -382,6 +392,19 @@ impl Daemon {
             .with_context(|| format!("cannot serve NBD on {addr}"))?;
         map.insert(addr, self.nbd.serve_tcp(listener));
         tracing::info!(%addr, "serving NBD on TCP");
+        Ok(())
+    }
+
+    async fn serve_iscsi(&self, addr: SocketAddr) -> Result<()> {
+        let mut map = self.tcp_exports.lock().await;
+        if map.contains_key(&addr) {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve iSCSI on {addr}"))?;
+        map.insert(addr, self.iscsi.serve_tcp(listener));
+        tracing::info!(%addr, "serving iSCSI on TCP");
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use target::iscsi::server::IscsiServer;
 use target::nbd::server::NbdServer;
 use target::volume::{Access, Capabilities, Extent, Volume, VolumeError, VolumeFuture, ZeroFlags};
 use tokio::net::TcpListener;
@@ -96,6 +97,8 @@ pub struct Spec {
     pub handlers: Vec<(String, String)>,
     /// The daemon's NBD server.
     pub nbd: Arc<NbdServer>,
+    /// The daemon's iSCSI target, when the resource asks to be exported over iSCSI.
+    pub iscsi: Option<Arc<IscsiServer>>,
     /// The daemon's event stream.
     pub events: broadcast::Sender<EventLine>,
     /// A seed for UUIDs.
@@ -175,17 +178,17 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
     )
     .map_err(|e| format!("writing the meta-data: {e}"))?;
     let access = Arc::new(Mutex::new(Access::Refused(secondary_reason(&spec.name))));
-    let volume = ReplicatedVolume {
+    let volume: Arc<dyn Volume> = Arc::new(ReplicatedVolume {
         name: spec.name.clone(),
         tx: tx.clone(),
         size: node.size_bytes(),
         backing: spec.backing.clone(),
         access: access.clone(),
-    };
+    });
     spec.nbd
         .add_export(
             &spec.name,
-            Arc::new(volume),
+            volume.clone(),
             &format!("tandem replicated resource {}", spec.name),
         )
         .map_err(|e| format!("cannot export {}: {e}", spec.name))?;
@@ -216,6 +219,8 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
         next_req: 1,
         start: Instant::now(),
         nbd: spec.nbd,
+        iscsi: spec.iscsi,
+        volume,
         access,
         role: Role::Secondary,
         events: spec.events,
@@ -247,6 +252,8 @@ struct Task {
     next_req: ReqId,
     start: Instant,
     nbd: Arc<NbdServer>,
+    iscsi: Option<Arc<IscsiServer>>,
+    volume: Arc<dyn Volume>,
     access: Arc<Mutex<Access>>,
     role: Role,
     events: broadcast::Sender<EventLine>,
@@ -288,6 +295,9 @@ impl Task {
         listen_task.abort();
         self.conn = None;
         let _ = self.nbd.remove_export(&self.name);
+        if let Some(iscsi) = &self.iscsi {
+            let _ = iscsi.remove_target(&self.name);
+        }
         if let Some(reply) = down_reply {
             let _ = reply.send(Ok(()));
         }
@@ -586,6 +596,21 @@ impl Task {
         *self.access.lock().expect("access lock") = mode.clone();
         if let Err(e) = self.nbd.set_access(&self.name, mode) {
             tracing::error!(resource = %self.name, "cannot change the export's access: {e}");
+        }
+        // The iSCSI LUN exists only on the Primary: added on promotion, withdrawn on demotion.
+        if let Some(iscsi) = &self.iscsi {
+            let result = if role == Role::Primary {
+                iscsi
+                    .add_target(&self.name, self.volume.clone())
+                    .map(|iqn| {
+                        tracing::info!(resource = %self.name, %iqn, "iSCSI LUN 0 exported");
+                    })
+            } else {
+                iscsi.remove_target(&self.name)
+            };
+            if let Err(e) = result {
+                tracing::error!(resource = %self.name, "iSCSI export: {e}");
+            }
         }
     }
 
