@@ -1,0 +1,519 @@
+//! The decision core of clusterd: membership, quorum and fence-then-promote, pure.
+//!
+//! [`Cluster`] takes [`Event`]s (heartbeats per link, fence results, replica states, time)
+//! and returns [`Action`]s (fence a node, promote or demote a replica, start or stop a
+//! resource group, run alerts). It never sleeps or reads a clock, so the same code runs in
+//! clusterd and under a deterministic simulator.
+//!
+//! The rules (DESIGN §8):
+//! - a node is lost after `token` ms without a heartbeat on any of its links;
+//! - quorum is a majority of votes; with `two-node`, one node keeps quorum only once it has
+//!   fenced the other; with `wait-for-all`, a fresh cluster has no quorum until every node was
+//!   seen once;
+//! - a lost node that held a Primary is fenced, and the fence confirmed, before any other node
+//!   is promoted: never two Primaries;
+//! - in a two-node partition both nodes are alive and each wants to fence the other: the node
+//!   holding the Primary fences at once, the other waits `priority_delay_ms` first (as
+//!   Pacemaker's priority-fencing-delay), so the Primary wins the race.
+
+use std::collections::BTreeMap;
+
+/// Index of a node in the configuration.
+pub type NodeId = usize;
+
+/// Static settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node.
+    pub me: NodeId,
+    /// Node names, by id.
+    pub nodes: Vec<String>,
+    /// Silence after which a node is lost.
+    pub token_ms: u64,
+    /// `quorum { two-node yes; }`.
+    pub two_node: bool,
+    /// `quorum { wait-for-all yes; }`.
+    pub wait_for_all: bool,
+    /// How long a node that holds no Primary waits before fencing its peer.
+    pub priority_delay_ms: u64,
+    /// Fence methods each node can be fenced with, tried in order (names for the driver).
+    pub fence_methods: usize,
+    /// The replicated resources clusterd manages.
+    pub resources: Vec<String>,
+}
+
+/// What clusterd learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A heartbeat from `from` arrived on link `link`, saying which resources it is Primary
+    /// for.
+    Heartbeat {
+        /// The sender.
+        from: NodeId,
+        /// Which of its addresses.
+        link: usize,
+        /// Resources the sender is Primary for.
+        primary_for: Vec<String>,
+    },
+    /// This node's replica of `resource` is now in this state.
+    Replica {
+        /// The resource.
+        resource: String,
+        /// Primary now.
+        primary: bool,
+        /// UpToDate now.
+        up_to_date: bool,
+    },
+    /// A fence attempt finished.
+    FenceResult {
+        /// The node.
+        node: NodeId,
+        /// The method tried (index into the node's methods).
+        method: usize,
+        /// Confirmed off.
+        ok: bool,
+    },
+    /// Time passes.
+    Tick,
+}
+
+/// What clusterd must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Fence `node` with its method number `method`; answer with [`Event::FenceResult`].
+    Fence {
+        /// The node.
+        node: NodeId,
+        /// Which method.
+        method: usize,
+    },
+    /// Promote this node's replica of the resource, then start its group.
+    Promote {
+        /// The resource.
+        resource: String,
+    },
+    /// Stop the group and demote this node's replica.
+    Demote {
+        /// The resource.
+        resource: String,
+    },
+    /// Run the alert programs (Pacemaker's alert kinds: node, fencing, resource).
+    Alert {
+        /// `node`, `fencing` or `resource`.
+        kind: &'static str,
+        /// The node concerned.
+        node: String,
+        /// What happened.
+        desc: String,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    last_seen_ms: Option<u64>,
+    seen_ever: bool,
+    lost: bool,
+    primary_for: Vec<String>,
+    /// Fenced and confirmed since it was lost.
+    fenced: bool,
+    /// Fencing in progress: the method being tried.
+    fencing: Option<usize>,
+    /// When fencing may start (the priority delay).
+    fence_after_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Replica {
+    primary: bool,
+    up_to_date: bool,
+    promoting: bool,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug)]
+pub struct Cluster {
+    cfg: Config,
+    peers: BTreeMap<NodeId, Peer>,
+    replicas: BTreeMap<String, Replica>,
+    out: Vec<Action>,
+}
+
+impl Cluster {
+    /// A node that has seen nobody yet.
+    pub fn new(cfg: Config) -> Cluster {
+        let peers = (0..cfg.nodes.len())
+            .filter(|&n| n != cfg.me)
+            .map(|n| (n, Peer::default()))
+            .collect();
+        let replicas = cfg
+            .resources
+            .iter()
+            .map(|r| (r.clone(), Replica::default()))
+            .collect();
+        Cluster {
+            cfg,
+            peers,
+            replicas,
+            out: Vec::new(),
+        }
+    }
+
+    /// True when this node has quorum now.
+    pub fn has_quorum(&self) -> bool {
+        if self.cfg.wait_for_all && self.peers.values().any(|p| !p.seen_ever) {
+            return false;
+        }
+        let alive = 1 + self
+            .peers
+            .values()
+            .filter(|p| !p.lost && p.seen_ever)
+            .count();
+        let total = self.peers.len() + 1;
+        if self.cfg.two_node && total == 2 {
+            // One of two keeps quorum only once the other is confirmed fenced.
+            return alive == 2 || self.peers.values().all(|p| !p.lost || p.fenced);
+        }
+        alive * 2 > total
+    }
+
+    /// Members this node considers alive (itself included).
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut m: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.lost && p.seen_ever)
+            .map(|(&n, _)| n)
+            .collect();
+        m.push(self.cfg.me);
+        m.sort_unstable();
+        m
+    }
+
+    fn name(&self, n: NodeId) -> String {
+        self.cfg.nodes[n].clone()
+    }
+
+    /// Handles one event at `now_ms`.
+    pub fn apply(&mut self, event: Event, now_ms: u64) -> Vec<Action> {
+        match event {
+            Event::Heartbeat {
+                from, primary_for, ..
+            } => {
+                let name = self.name(from);
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return Vec::new();
+                };
+                let back = p.lost;
+                p.last_seen_ms = Some(now_ms);
+                p.seen_ever = true;
+                p.lost = false;
+                p.fenced = false;
+                p.fencing = None;
+                p.fence_after_ms = None;
+                p.primary_for = primary_for;
+                if back {
+                    self.out.push(Action::Alert {
+                        kind: "node",
+                        node: name,
+                        desc: "member".into(),
+                    });
+                }
+            }
+            Event::Replica {
+                resource,
+                primary,
+                up_to_date,
+            } => {
+                if let Some(r) = self.replicas.get_mut(&resource) {
+                    r.primary = primary;
+                    r.up_to_date = up_to_date;
+                    r.promoting &= !primary;
+                }
+            }
+            Event::FenceResult { node, method, ok } => self.fence_result(node, method, ok, now_ms),
+            Event::Tick => {}
+        }
+        self.check(now_ms);
+        std::mem::take(&mut self.out)
+    }
+
+    fn fence_result(&mut self, node: NodeId, method: usize, ok: bool, _now_ms: u64) {
+        let name = self.name(node);
+        let methods = self.cfg.fence_methods;
+        let Some(p) = self.peers.get_mut(&node) else {
+            return;
+        };
+        if p.fencing != Some(method) {
+            return;
+        }
+        if ok {
+            p.fencing = None;
+            p.fenced = true;
+            self.out.push(Action::Alert {
+                kind: "fencing",
+                node: name,
+                desc: format!("fenced with method {method}"),
+            });
+        } else if method + 1 < methods {
+            p.fencing = Some(method + 1);
+            self.out.push(Action::Fence {
+                node,
+                method: method + 1,
+            });
+        } else {
+            // Every method failed: try again from the first (the node must not come back
+            // unfenced while we would promote).
+            p.fencing = Some(0);
+            self.out.push(Action::Alert {
+                kind: "fencing",
+                node: name,
+                desc: "every fence method failed; retrying".into(),
+            });
+            self.out.push(Action::Fence { node, method: 0 });
+        }
+    }
+
+    fn check(&mut self, now: u64) {
+        let token = self.cfg.token_ms;
+        let i_hold_primary = self.replicas.values().any(|r| r.primary);
+        let mut lost_now = Vec::new();
+        for (&n, p) in &mut self.peers {
+            if p.lost || !p.seen_ever {
+                continue;
+            }
+            if p.last_seen_ms
+                .is_some_and(|t| now.saturating_sub(t) > token)
+            {
+                p.lost = true;
+                // The node holding a Primary fences at once; the other gives it the head start.
+                let delay = if i_hold_primary {
+                    0
+                } else {
+                    self.cfg.priority_delay_ms
+                };
+                p.fence_after_ms = Some(now + delay);
+                lost_now.push(n);
+            }
+        }
+        for n in lost_now {
+            let name = self.name(n);
+            self.out.push(Action::Alert {
+                kind: "node",
+                node: name,
+                desc: "lost".into(),
+            });
+        }
+        // Fence lost nodes once their delay has passed.
+        for (&n, p) in &mut self.peers {
+            if p.lost
+                && !p.fenced
+                && p.fencing.is_none()
+                && p.fence_after_ms.is_some_and(|t| now >= t)
+                && self.cfg.fence_methods > 0
+            {
+                p.fencing = Some(0);
+                self.out.push(Action::Fence { node: n, method: 0 });
+            }
+        }
+        let quorum = self.has_quorum();
+        let resources: Vec<String> = self.replicas.keys().cloned().collect();
+        for res in resources {
+            let r = &self.replicas[&res];
+            let someone_else_primary = self
+                .peers
+                .values()
+                .any(|p| !p.lost && p.primary_for.contains(&res));
+            // A lost node that was Primary (or may be) must be confirmed fenced first.
+            let unfenced_lost = self.peers.values().any(|p| p.lost && !p.fenced);
+            if r.primary && !quorum {
+                self.out.push(Action::Demote {
+                    resource: res.clone(),
+                });
+                self.out.push(Action::Alert {
+                    kind: "resource",
+                    node: self.name(self.cfg.me),
+                    desc: format!("{res}: lost quorum, demoting"),
+                });
+                continue;
+            }
+            if !r.primary
+                && !r.promoting
+                && r.up_to_date
+                && quorum
+                && !someone_else_primary
+                && !unfenced_lost
+                && self.is_promoter()
+            {
+                self.replicas.get_mut(&res).expect("exists").promoting = true;
+                self.out.push(Action::Promote {
+                    resource: res.clone(),
+                });
+                self.out.push(Action::Alert {
+                    kind: "resource",
+                    node: self.name(self.cfg.me),
+                    desc: format!("{res}: promoting"),
+                });
+            }
+        }
+    }
+
+    /// The member with the lowest id promotes when nobody is Primary (one decider, no race).
+    fn is_promoter(&self) -> bool {
+        self.members().first() == Some(&self.cfg.me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(me: NodeId) -> Config {
+        Config {
+            me,
+            nodes: vec!["alpha".into(), "beta".into()],
+            token_ms: 1000,
+            two_node: true,
+            wait_for_all: true,
+            priority_delay_ms: 5000,
+            fence_methods: 2,
+            resources: vec!["r0".into()],
+        }
+    }
+
+    fn hb(from: NodeId, primary: bool) -> Event {
+        Event::Heartbeat {
+            from,
+            link: 0,
+            primary_for: if primary { vec!["r0".into()] } else { vec![] },
+        }
+    }
+
+    fn replica(primary: bool) -> Event {
+        Event::Replica {
+            resource: "r0".into(),
+            primary,
+            up_to_date: true,
+        }
+    }
+
+    #[test]
+    fn wait_for_all_then_the_lowest_member_promotes() {
+        let mut a = Cluster::new(cfg(0));
+        assert!(
+            a.apply(replica(false), 0)
+                .iter()
+                .all(|x| !matches!(x, Action::Promote { .. })),
+            "no quorum before beta was seen"
+        );
+        assert!(!a.has_quorum());
+        let acts = a.apply(hb(1, false), 10);
+        assert!(a.has_quorum());
+        assert!(acts.contains(&Action::Promote {
+            resource: "r0".into()
+        }));
+        let mut b = Cluster::new(cfg(1));
+        b.apply(replica(false), 0);
+        let acts = b.apply(hb(0, false), 10);
+        assert!(
+            !acts.iter().any(|x| matches!(x, Action::Promote { .. })),
+            "beta is not the promoter"
+        );
+    }
+
+    #[test]
+    fn lost_primary_is_fenced_before_the_survivor_promotes() {
+        let mut b = Cluster::new(cfg(1));
+        b.apply(replica(false), 0);
+        b.apply(hb(0, true), 0);
+        // alpha goes silent; beta holds no Primary, so it waits the priority delay.
+        let acts = b.apply(Event::Tick, 1500);
+        assert!(
+            !acts
+                .iter()
+                .any(|x| matches!(x, Action::Fence { .. } | Action::Promote { .. })),
+            "{acts:?}"
+        );
+        assert!(
+            !b.has_quorum(),
+            "one of two has no quorum until the other is fenced"
+        );
+        let acts = b.apply(Event::Tick, 6600);
+        assert_eq!(acts, vec![Action::Fence { node: 0, method: 0 }]);
+        // The first method fails, the second is tried; nothing is promoted meanwhile.
+        let acts = b.apply(
+            Event::FenceResult {
+                node: 0,
+                method: 0,
+                ok: false,
+            },
+            6700,
+        );
+        assert_eq!(acts, vec![Action::Fence { node: 0, method: 1 }]);
+        let acts = b.apply(
+            Event::FenceResult {
+                node: 0,
+                method: 1,
+                ok: true,
+            },
+            6800,
+        );
+        assert!(b.has_quorum());
+        assert!(
+            acts.contains(&Action::Promote {
+                resource: "r0".into()
+            }),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn in_a_partition_the_primary_fences_first_and_the_other_demotes_or_waits() {
+        let mut a = Cluster::new(cfg(0));
+        a.apply(replica(true), 0);
+        a.apply(hb(1, false), 0);
+        let acts = a.apply(Event::Tick, 1500);
+        assert!(
+            acts.contains(&Action::Fence { node: 1, method: 0 }),
+            "the Primary's node fences at once: {acts:?}"
+        );
+        assert!(
+            acts.contains(&Action::Demote {
+                resource: "r0".into()
+            }),
+            "without quorum it may not keep serving: {acts:?}"
+        );
+        let acts = a.apply(
+            Event::FenceResult {
+                node: 1,
+                method: 0,
+                ok: true,
+            },
+            1600,
+        );
+        assert!(a.has_quorum());
+        let _ = acts;
+        let mut b = Cluster::new(cfg(1));
+        b.apply(replica(false), 0);
+        b.apply(hb(0, true), 0);
+        let acts = b.apply(Event::Tick, 1500);
+        assert!(
+            acts.iter().all(|x| !matches!(x, Action::Fence { .. })),
+            "beta gives alpha the head start"
+        );
+    }
+
+    #[test]
+    fn a_returning_node_is_a_member_again() {
+        let mut b = Cluster::new(cfg(1));
+        b.apply(hb(0, false), 0);
+        b.apply(Event::Tick, 2000);
+        assert_eq!(b.members(), vec![1]);
+        let acts = b.apply(hb(0, false), 2100);
+        assert_eq!(b.members(), vec![0, 1]);
+        assert!(acts.contains(&Action::Alert {
+            kind: "node",
+            node: "alpha".into(),
+            desc: "member".into()
+        }));
+    }
+}
