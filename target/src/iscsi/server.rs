@@ -862,6 +862,11 @@ impl Conn {
                 "too many write commands waiting for data".into(),
             ));
         }
+        if final_ && immediate_data.len() == edtl as usize {
+            // Everything came as immediate data: no copy, no transfer state.
+            self.dispatch(lun, itt, cdb, false, edtl, immediate_data);
+            return Ok(());
+        }
         let mut buf = BytesMut::with_capacity(edtl as usize);
         buf.extend_from_slice(&immediate_data);
         let unsolicited = !final_;
