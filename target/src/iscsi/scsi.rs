@@ -9,6 +9,8 @@ pub mod status {
     pub const CHECK_CONDITION: u8 = 0x02;
     /// RESERVATION CONFLICT.
     pub const RESERVATION_CONFLICT: u8 = 0x18;
+    /// TASK SET FULL.
+    pub const TASK_SET_FULL: u8 = 0x28;
     /// TASK ABORTED.
     pub const TASK_ABORTED: u8 = 0x40;
 }

@@ -40,6 +40,11 @@ pub const COMMAND_WINDOW: u32 = 64;
 /// The largest Expected Data Transfer Length accepted for a write (a WRITE of
 /// MAX_TRANSFER_BLOCKS, or a COMPARE AND WRITE, fits).
 pub const MAX_WRITE_BYTES: u32 = MAX_TRANSFER_BLOCKS * BLOCK_BYTES;
+/// The most write data one connection may have announced and not yet delivered (buffers for
+/// commands waiting for Data-Out); past it commands get TASK SET FULL.
+pub const MAX_PENDING_WRITE_BYTES: u64 = 64 << 20;
+/// The most commands one connection runs at once.
+pub const MAX_RUNNING_COMMANDS: usize = 2 * COMMAND_WINDOW as usize;
 /// How long a login may take before the connection is dropped.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Batches of PDUs queued to a connection's writer.
@@ -820,6 +825,18 @@ impl Conn {
                 "ITT {itt:#x} is already in use"
             )));
         }
+        let running = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if running >= MAX_RUNNING_COMMANDS {
+            // Immediate commands bypass the CmdSN window; this bounds them too.
+            let full = Outcome {
+                status: status::TASK_SET_FULL,
+                sense: None,
+                data: Vec::new(),
+            };
+            return self
+                .respond_now(lun, itt, cdb, edtl, read, final_ || !write, full)
+                .await;
+        }
         if !write || edtl == 0 {
             if !immediate_data.is_empty() {
                 return Err(ConnError::Protocol(
@@ -857,14 +874,22 @@ impl Conn {
                 "immediate data beyond what was negotiated".into(),
             ));
         }
-        if self.transfers.len() >= COMMAND_WINDOW as usize {
-            return Err(ConnError::Protocol(
-                "too many write commands waiting for data".into(),
-            ));
-        }
         if final_ && immediate_data.len() == edtl as usize {
             // Everything came as immediate data: no copy, no transfer state.
             self.dispatch(lun, itt, cdb, false, edtl, immediate_data);
+            return Ok(());
+        }
+        let pending: u64 = self.transfers.values().map(|t| u64::from(t.edtl)).sum();
+        if self.transfers.len() >= COMMAND_WINDOW as usize
+            || pending + u64::from(edtl) > MAX_PENDING_WRITE_BYTES
+        {
+            let full = Outcome {
+                status: status::TASK_SET_FULL,
+                sense: None,
+                data: Vec::new(),
+            };
+            self.respond_now(lun, itt, cdb, edtl, false, final_, full)
+                .await?;
             return Ok(());
         }
         let mut buf = BytesMut::with_capacity(edtl as usize);
