@@ -949,7 +949,9 @@ impl Node {
         if self.disk >= DiskState::Outdated && self.disk != DiskState::DUnknown {
             f |= flags::CONSISTENT;
         }
-        if self.disk == DiskState::UpToDate {
+        // As DRBD's drbd_md_sync: Consistent counts too, so a Consistent node (a crashed
+        // Primary restarted) that crashes again comes back Consistent, not Outdated.
+        if self.disk >= DiskState::Consistent {
             f |= flags::WAS_UP_TO_DATE;
         }
         if self.role == Role::Primary {
