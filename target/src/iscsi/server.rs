@@ -1485,6 +1485,276 @@ mod tests {
         ));
     }
 
+    /// A minimal initiator over the crate's own codec, for driving the server in tests.
+    struct Initiator {
+        stream: TcpStream,
+        buf: BytesMut,
+        digests: Digests,
+        cmd_sn: u32,
+    }
+
+    impl Initiator {
+        async fn send(&mut self, bhs: Bhs, data: &[u8]) {
+            let mut out = Vec::new();
+            pdu::encode_frame(&mut out, &bhs, data, self.digests);
+            self.stream.write_all(&out).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> (Bhs, Bytes) {
+            loop {
+                if let Some(f) = pdu::decode_frame(&mut self.buf, self.digests, 1 << 24).unwrap() {
+                    assert!(!f.data_digest_error);
+                    let mut raw = f.bhs;
+                    raw[4..8].fill(0);
+                    return (Bhs::decode(&raw).unwrap(), f.data);
+                }
+                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+                assert!(n > 0, "the target closed the connection");
+            }
+        }
+
+        async fn login(port: u16, keys: &[(&str, &str)]) -> (Initiator, Vec<(String, String)>) {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut i = Initiator {
+                stream,
+                buf: BytesMut::new(),
+                digests: Digests::default(),
+                cmd_sn: 1,
+            };
+            let pairs: Vec<(String, String)> = keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            i.send(
+                Bhs::LoginRequest {
+                    transit: true,
+                    cont: false,
+                    csg: 1,
+                    nsg: 3,
+                    version_max: 0,
+                    version_min: 0,
+                    isid: [0x80, 0, 0, 0, 0, 9],
+                    tsih: 0,
+                    itt: 0,
+                    cid: 0,
+                    cmd_sn: 1,
+                    exp_stat_sn: 0,
+                },
+                &text::encode(&pairs),
+            )
+            .await;
+            let (bhs, data) = i.recv().await;
+            let Bhs::LoginResponse {
+                transit,
+                status_class,
+                tsih,
+                ..
+            } = bhs
+            else {
+                panic!("{bhs:?}");
+            };
+            assert_eq!(status_class, 0);
+            assert!(transit && tsih != 0);
+            (i, text::parse(&data).unwrap())
+        }
+
+        fn command(&mut self, itt: u32, cdb: &[u8], read: bool, edtl: u32, final_: bool) -> Bhs {
+            let mut c = [0u8; 16];
+            c[..cdb.len()].copy_from_slice(cdb);
+            let cmd_sn = self.cmd_sn;
+            self.cmd_sn += 1;
+            Bhs::ScsiCommand {
+                immediate: false,
+                final_,
+                read,
+                write: !read && edtl > 0,
+                attr: 1,
+                lun: 0,
+                itt,
+                expected_length: edtl,
+                cmd_sn,
+                exp_stat_sn: 0,
+                cdb: c,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn digests_r2t_bursts_and_data_in_sequences_against_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let volume = crate::volume::FileVolume::open(&path, false).unwrap();
+        let server = IscsiServer::new(Auth::default());
+        let iqn = server.add_target("disk.img", Arc::new(volume)).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = server.serve_tcp(listener);
+
+        let (mut i, keys) = Initiator::login(
+            port,
+            &[
+                ("InitiatorName", "iqn.2026-11.org.tandem:test"),
+                ("TargetName", &iqn),
+                ("HeaderDigest", "CRC32C"),
+                ("DataDigest", "CRC32C"),
+                ("InitialR2T", "Yes"),
+                ("ImmediateData", "No"),
+                ("MaxBurstLength", "16384"),
+                ("FirstBurstLength", "8192"),
+                ("MaxRecvDataSegmentLength", "4096"),
+            ],
+        )
+        .await;
+        let get = |k: &str| keys.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(get("HeaderDigest"), "CRC32C");
+        assert_eq!(get("DataDigest"), "CRC32C");
+        assert_eq!(get("InitialR2T"), "Yes");
+        i.digests = Digests {
+            header: true,
+            data: true,
+        };
+
+        // WRITE(10) of 64 KiB at LBA 8: no immediate or unsolicited data, so the target asks
+        // for it in bursts of MaxBurstLength, one R2T at a time.
+        let payload: Vec<u8> = (0..65536u32).map(|n| (n * 7 % 251) as u8).collect();
+        let cmd = i.command(
+            0x10,
+            &[0x2a, 0, 0, 0, 0, 8, 0, 0, 128, 0],
+            false,
+            65536,
+            true,
+        );
+        i.send(cmd, &[]).await;
+        let mut received = 0u32;
+        let mut r2ts = 0;
+        loop {
+            let (bhs, data) = i.recv().await;
+            match bhs {
+                Bhs::R2t {
+                    itt,
+                    ttt,
+                    r2t_sn,
+                    buffer_offset,
+                    desired_length,
+                    ..
+                } => {
+                    assert_eq!((itt, r2t_sn, buffer_offset), (0x10, r2ts, received));
+                    assert_eq!(desired_length, 16384);
+                    r2ts += 1;
+                    // Data-Out PDUs of at most our MaxRecvDataSegmentLength (262144): send
+                    // the burst as four 4 KiB PDUs.
+                    for (n, chunk) in payload[buffer_offset as usize..][..desired_length as usize]
+                        .chunks(4096)
+                        .enumerate()
+                    {
+                        let n = u32::try_from(n).unwrap();
+                        i.send(
+                            Bhs::DataOut {
+                                final_: n == 3,
+                                lun: 0,
+                                itt: 0x10,
+                                ttt,
+                                exp_stat_sn: 0,
+                                data_sn: n,
+                                buffer_offset: buffer_offset + n * 4096,
+                            },
+                            chunk,
+                        )
+                        .await;
+                    }
+                    received += desired_length;
+                }
+                Bhs::ScsiResponse { itt, status, .. } => {
+                    assert_eq!((itt, status), (0x10, 0), "{data:?}");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((r2ts, received), (4, 65536));
+
+        // READ(10) of the same 64 KiB: Data-In PDUs of at most the initiator's 4096 bytes, F at
+        // every MaxBurstLength, status in the last one.
+        let cmd = i.command(
+            0x11,
+            &[0x28, 0, 0, 0, 0, 8, 0, 0, 128, 0],
+            true,
+            65536,
+            true,
+        );
+        i.send(cmd, &[]).await;
+        let mut back = Vec::new();
+        let mut finals = 0;
+        loop {
+            let (bhs, data) = i.recv().await;
+            let Bhs::DataIn {
+                final_,
+                status,
+                data_sn,
+                buffer_offset,
+                ..
+            } = bhs
+            else {
+                panic!("{bhs:?}");
+            };
+            assert!(data.len() <= 4096);
+            assert_eq!(buffer_offset as usize, back.len());
+            assert_eq!(data_sn as usize, back.len() / 4096);
+            back.extend_from_slice(&data);
+            finals += usize::from(final_);
+            if let Some(s) = status {
+                assert_eq!(s, 0);
+                break;
+            }
+        }
+        assert_eq!(back, payload);
+        assert_eq!(finals, 4, "one F per MaxBurstLength sequence");
+
+        // A NOP-Out ping is echoed with its data.
+        let cmd_sn = i.cmd_sn;
+        i.send(
+            Bhs::NopOut {
+                immediate: true,
+                lun: 0,
+                itt: 0x12,
+                ttt: NO_TAG,
+                cmd_sn,
+                exp_stat_sn: 0,
+            },
+            b"ping",
+        )
+        .await;
+        let (bhs, data) = i.recv().await;
+        assert!(matches!(bhs, Bhs::NopIn { itt: 0x12, .. }), "{bhs:?}");
+        assert_eq!(&data[..], b"ping");
+
+        // Logout.
+        let cmd_sn = i.cmd_sn;
+        i.send(
+            Bhs::LogoutRequest {
+                immediate: true,
+                reason: 0,
+                itt: 0x13,
+                cid: 0,
+                cmd_sn,
+                exp_stat_sn: 0,
+            },
+            &[],
+        )
+        .await;
+        let (bhs, _) = i.recv().await;
+        assert!(
+            matches!(bhs, Bhs::LogoutResponse { response: 0, .. }),
+            "{bhs:?}"
+        );
+        server.shutdown(Duration::from_secs(5)).await;
+        task.await.unwrap();
+    }
+
     struct NoVolume;
     impl Volume for NoVolume {
         fn size_bytes(&self) -> u64 {
