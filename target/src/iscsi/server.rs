@@ -334,7 +334,14 @@ async fn connection(ctx: Ctx, stream: TcpStream, peer: SocketAddr) {
             old.kill.notify_one();
         }
     }
-    info!(%peer, initiator = %est.initiator_name, session = ?est.session_type, "iSCSI login");
+    info!(
+        %peer,
+        initiator = %est.initiator_name,
+        session = ?est.session_type,
+        header_digest = est.params.header_digest,
+        data_digest = est.params.data_digest,
+        "iSCSI login"
+    );
     let params = est.params;
     let digests = Digests {
         header: params.header_digest,
@@ -458,6 +465,20 @@ async fn login_phase(
             isid,
             tsih,
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let keys = text::parse(&frame.data).unwrap_or_default();
+            let shown: Vec<String> = keys
+                .iter()
+                .map(|(k, v)| {
+                    if k == "CHAP_R" || k == "CHAP_C" {
+                        format!("{k}=<hidden>")
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect();
+            debug!(%peer, csg, nsg, transit, keys = ?shown, "iSCSI login request");
+        }
         let resp = machine.step(&req, &frame.data);
         let tsih = if resp.established.is_some() {
             let t = ctx.next_tsih.fetch_add(1, Ordering::Relaxed);
