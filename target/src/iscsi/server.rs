@@ -1776,6 +1776,95 @@ mod tests {
         task.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn removing_a_target_closes_its_sessions_and_refuses_new_logins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let volume = crate::volume::FileVolume::open(&path, false).unwrap();
+        let server = IscsiServer::new(Auth::default());
+        let iqn = server.add_target("r0", Arc::new(volume)).unwrap();
+        assert_eq!(iqn, "iqn.2026-11.org.tandem:r0");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = server.serve_tcp(listener);
+        let keys = [
+            ("InitiatorName", "iqn.2026-11.org.tandem:test"),
+            ("TargetName", iqn.as_str()),
+        ];
+        let (mut i, _) = Initiator::login(port, &keys).await;
+        let tur = i.command(1, &[0, 0, 0, 0, 0, 0], false, 0, true);
+        i.send(tur, &[]).await;
+        let (bhs, _) = i.recv().await;
+        assert!(
+            matches!(bhs, Bhs::ScsiResponse { status: 0, .. }),
+            "{bhs:?}"
+        );
+
+        server.remove_target("r0").unwrap();
+        assert!(server.target_names().is_empty());
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match i.stream.read_buf(&mut i.buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the session of a removed target must end");
+
+        // A new login names a target that no longer exists: status class 2, detail 3.
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let pairs: Vec<(String, String)> = keys
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut out = Vec::new();
+        pdu::encode_frame(
+            &mut out,
+            &Bhs::LoginRequest {
+                transit: true,
+                cont: false,
+                csg: 1,
+                nsg: 3,
+                version_max: 0,
+                version_min: 0,
+                isid: [0x80, 0, 0, 0, 0, 10],
+                tsih: 0,
+                itt: 0,
+                cid: 0,
+                cmd_sn: 1,
+                exp_stat_sn: 0,
+            },
+            &text::encode(&pairs),
+            Digests::default(),
+        );
+        stream.write_all(&out).await.unwrap();
+        let mut buf = BytesMut::new();
+        let frame = loop {
+            if let Some(f) = pdu::decode_frame(&mut buf, Digests::default(), 1 << 16).unwrap() {
+                break f;
+            }
+            assert!(stream.read_buf(&mut buf).await.unwrap() > 0);
+        };
+        let mut raw = frame.bhs;
+        raw[4..8].fill(0);
+        assert!(matches!(
+            Bhs::decode(&raw).unwrap(),
+            Bhs::LoginResponse {
+                status_class: 2,
+                status_detail: 3,
+                ..
+            }
+        ));
+        server.shutdown(Duration::from_secs(5)).await;
+        task.await.unwrap();
+    }
+
     struct NoVolume;
     impl Volume for NoVolume {
         fn size_bytes(&self) -> u64 {
