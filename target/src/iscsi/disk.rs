@@ -1422,6 +1422,85 @@ mod tests {
         rt.block_on(lu.execute(nexus, &cdb(c), Bytes::new()))
     }
 
+    /// A volume whose access can be switched, as a replicated resource's is on demotion.
+    struct Gate {
+        inner: FileVolume,
+        refused: std::sync::atomic::AtomicBool,
+    }
+
+    impl Volume for Gate {
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn access(&self) -> Access {
+            if self.refused.load(std::sync::atomic::Ordering::Acquire) {
+                Access::Refused("r0 is Secondary".into())
+            } else {
+                Access::ReadWrite
+            }
+        }
+        fn capabilities(&self) -> crate::volume::Capabilities {
+            self.inner.capabilities()
+        }
+        fn read(&self, offset: u64, length: u32) -> crate::volume::VolumeFuture<Vec<u8>> {
+            self.inner.read(offset, length)
+        }
+        fn write(&self, offset: u64, data: Bytes, fua: bool) -> crate::volume::VolumeFuture<()> {
+            self.inner.write(offset, data, fua)
+        }
+        fn flush(&self) -> crate::volume::VolumeFuture<()> {
+            self.inner.flush()
+        }
+        fn trim(&self, offset: u64, length: u64, fua: bool) -> crate::volume::VolumeFuture<()> {
+            self.inner.trim(offset, length, fua)
+        }
+        fn write_zeroes(
+            &self,
+            offset: u64,
+            length: u64,
+            flags: ZeroFlags,
+        ) -> crate::volume::VolumeFuture<()> {
+            self.inner.write_zeroes(offset, length, flags)
+        }
+        fn block_status(
+            &self,
+            offset: u64,
+            length: u64,
+            max: usize,
+        ) -> crate::volume::VolumeFuture<Vec<crate::volume::Extent>> {
+            self.inner.block_status(offset, length, max)
+        }
+    }
+
+    #[test]
+    fn a_refused_volume_answers_not_ready_standby_but_still_identifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let gate = Arc::new(Gate {
+            inner: FileVolume::open(&path, false).unwrap(),
+            refused: std::sync::atomic::AtomicBool::new(false),
+        });
+        let lu = LogicalUnit::new(gate.clone(), "iqn.2026-11.org.tandem:r0");
+        let write = [op::WRITE_10, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(run(&lu, &write, &[1; 512]).status, status::GOOD);
+        gate.refused
+            .store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(run(&lu, &write, &[1; 512]).sense, Some(Sense::STANDBY));
+        let read = [op::READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(run(&lu, &read, &[]).sense, Some(Sense::STANDBY));
+        assert_eq!(
+            run(&lu, &[op::INQUIRY, 0, 0, 0, 36, 0], &[]).status,
+            status::GOOD
+        );
+        gate.refused
+            .store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(run(&lu, &read, &[]).data, vec![1; 512]);
+    }
+
     #[test]
     fn data_out_lengths() {
         assert_eq!(
