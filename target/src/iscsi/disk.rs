@@ -763,7 +763,7 @@ impl LogicalUnit {
             d[2] = 0x06; // SPC-4
             d[3] = 0x12; // HISUP, response data format 2
             d[4] = u8::try_from(d.len() - 5).expect("small");
-            d[5] = 0x08 * u8::from(false); // no 3PC, no TPGS, no PROTECT
+            // d[5] = 0: no 3PC, no TPGS (ALUA), no PROTECT.
             d[7] = 0x02; // CMDQUE
             d[8..16].copy_from_slice(VENDOR);
             d[16..32].copy_from_slice(PRODUCT);
@@ -1020,7 +1020,7 @@ fn report_supported_operation_codes(cdb: &[u8; 16]) -> Result<Outcome> {
             .iter()
             .any(|c| c.opcode == opcode && c.service_action.is_some())
     };
-    let one = |c: Option<&CommandInfo>, usage_len_if_none: usize| -> Vec<u8> {
+    let one = |c: Option<&CommandInfo>| -> Vec<u8> {
         let mut d = vec![0u8; 4];
         match c {
             Some(c) => {
@@ -1033,8 +1033,7 @@ fn report_supported_operation_codes(cdb: &[u8; 16]) -> Result<Outcome> {
                 }
             }
             None => {
-                d[1] = 0x01;
-                let _ = usage_len_if_none;
+                d[1] = 0x01; // SUPPORT: not supported
             }
         }
         d
@@ -1070,25 +1069,19 @@ fn report_supported_operation_codes(cdb: &[u8; 16]) -> Result<Outcome> {
             if has_sa(req_op) {
                 return Err(Outcome::check(Sense::INVALID_FIELD_IN_CDB.at_cdb(3)));
             }
-            one(COMMANDS.iter().find(|c| c.opcode == req_op), 0)
+            one(COMMANDS.iter().find(|c| c.opcode == req_op))
         }
         2 => {
             if !has_sa(req_op) {
                 return Err(Outcome::check(Sense::INVALID_FIELD_IN_CDB.at_cdb(3)));
             }
-            one(
-                COMMANDS
-                    .iter()
-                    .find(|c| c.opcode == req_op && c.service_action == Some(req_sa)),
-                0,
-            )
-        }
-        3 => one(
-            COMMANDS
+            one(COMMANDS
                 .iter()
-                .find(|c| c.opcode == req_op && c.service_action.is_none_or(|sa| sa == req_sa)),
-            0,
-        ),
+                .find(|c| c.opcode == req_op && c.service_action == Some(req_sa)))
+        }
+        3 => one(COMMANDS
+            .iter()
+            .find(|c| c.opcode == req_op && c.service_action.is_none_or(|sa| sa == req_sa))),
         _ => return Err(Outcome::check(Sense::INVALID_FIELD_IN_CDB.at_cdb(2))),
     };
     Ok(Outcome::good(truncate(data, allocation)))

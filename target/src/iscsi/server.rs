@@ -781,7 +781,6 @@ impl Conn {
             }
             Bhs::TextRequest {
                 immediate,
-                final_,
                 lun,
                 itt,
                 cmd_sn,
@@ -790,7 +789,7 @@ impl Conn {
                 if !self.sequence(immediate, cmd_sn) {
                     return Ok(true);
                 }
-                self.text(frame, final_, lun, itt).await?;
+                self.text(frame, lun, itt).await?;
             }
             Bhs::LogoutRequest {
                 immediate,
@@ -1209,18 +1208,11 @@ impl Conn {
         Ok(!close)
     }
 
-    async fn text(
-        &mut self,
-        frame: &Frame,
-        final_: bool,
-        lun: u64,
-        itt: u32,
-    ) -> Result<(), ConnError> {
+    async fn text(&mut self, frame: &Frame, lun: u64, itt: u32) -> Result<(), ConnError> {
         let keys = match text::parse(&frame.data) {
             Ok(k) => k,
             Err(e) => return Err(ConnError::Protocol(format!("text request: {e}"))),
         };
-        let _ = final_;
         let mut out: Vec<(String, String)> = Vec::new();
         for (k, v) in keys {
             if k == "SendTargets" {
