@@ -446,8 +446,10 @@ fn targetd_rejects_bad_arguments_with_one_line() {
     };
     let err = run_fails(targetd().arg(dir.path().join("missing.img")));
     one_line(&err, "missing.img");
-    let err = run_fails(targetd().args(["--iscsi", "127.0.0.1"]).arg(&file));
-    one_line(&err, "not implemented yet");
+    let busy_iscsi = TcpListener::bind("127.0.0.1:0").unwrap();
+    let iscsi_addr = busy_iscsi.local_addr().unwrap().to_string();
+    let err = run_fails(targetd().args(["--iscsi", &iscsi_addr]).arg(&file));
+    one_line(&err, &iscsi_addr);
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let err = run_fails(targetd().args(["--nbd", &addr]).arg(&file));
