@@ -67,8 +67,15 @@ impl ActivityLog {
             .filter(|e| !self.active.contains_key(e))
             .collect();
         if !missing.is_empty() {
+            let activating = |e: &u32| {
+                self.in_flight
+                    .as_ref()
+                    .is_some_and(|u| u.iter().any(|(_, x)| x == e))
+            };
             for e in missing {
-                if !self.wanted.contains(&e) {
+                // An extent the transaction in flight activates is not wanted again (it
+                // would take a second slot that nothing ever frees).
+                if !self.wanted.contains(&e) && !activating(&e) {
                     self.wanted.push(e);
                 }
             }
@@ -105,6 +112,9 @@ impl ActivityLog {
         let mut updates: Vec<(usize, u32)> = Vec::new();
         let mut evicts = false;
         let mut taken: Vec<usize> = Vec::new();
+        // Extents that became active meanwhile need nothing.
+        let active = &self.active;
+        self.wanted.retain(|e| !active.contains_key(e));
         while updates.len() < AL_UPDATES_PER_TRANSACTION && !self.wanted.is_empty() {
             let free =
                 (0..self.slots.len()).find(|&s| self.slots[s] == LC_FREE && !taken.contains(&s));
@@ -124,8 +134,8 @@ impl ActivityLog {
                     slot
                 }
             };
-            taken.push(slot);
             let extent = self.wanted.remove(0);
+            taken.push(slot);
             updates.push((slot, extent));
         }
         if updates.is_empty() {

@@ -432,6 +432,8 @@ enum IoPurpose {
         epoch: u32,
         offset: u64,
         len: u64,
+        /// The connection it arrived on: acks and epoch counts go only to that one.
+        gen: u64,
     },
     BarrierFlush {
         nr: u32,
@@ -481,6 +483,7 @@ enum Blocked {
         offset: u64,
         data: Bytes,
         fua: bool,
+        gen: u64,
     },
     RsRead {
         id: u64,
@@ -1254,10 +1257,17 @@ impl Node {
     }
 
     fn replicating(&self) -> bool {
+        // Writes made during the bitmap exchange are replicated too: the bitmap this node
+        // sent does not hold them, so the resync would never copy them otherwise.
         self.conn == ConnState::Connected
             && matches!(
                 self.repl,
-                ReplState::Established | ReplState::SyncSource | ReplState::SyncTarget
+                ReplState::Established
+                    | ReplState::SyncSource
+                    | ReplState::SyncTarget
+                    | ReplState::WFBitMap
+                    | ReplState::VerifyS
+                    | ReplState::VerifyT
             )
             && self.peer.disk.is_some_and(|d| d != DiskState::Diskless)
     }
@@ -1484,12 +1494,14 @@ impl Node {
                 offset,
                 data,
                 fua,
+                gen,
             } => {
                 let io = self.io(IoPurpose::PeerWrite {
                     seq,
                     epoch,
                     offset,
                     len: range.1,
+                    gen,
                 });
                 self.out.push(Action::LocalWrite {
                     io,
@@ -1663,18 +1675,22 @@ impl Node {
                 epoch,
                 offset,
                 len,
+                gen,
             } => {
                 let ok = result.is_ok();
                 self.al.put(offset, len);
                 self.release((offset, len));
-                if self.conn == ConnState::Connected {
+                // A write from an older connection: the epochs and sequence numbers of the
+                // current one are not its own.
+                let current = gen == self.gen && self.conn == ConnState::Connected;
+                if current {
                     if !ok {
                         self.out.push(Action::Send(Packet::NegAck { seq }));
                     } else if self.cfg.protocol == Protocol::C {
                         self.out.push(Action::Send(Packet::WriteAck { seq }));
                     }
                 }
-                if let Some(e) = self.rx_epochs.get_mut(&epoch) {
+                if let Some(e) = self.rx_epochs.get_mut(&epoch).filter(|_| current) {
                     e.pending -= 1;
                 }
                 self.try_ack_barriers();
@@ -2033,6 +2049,7 @@ impl Node {
                     offset,
                     data,
                     fua,
+                    gen: self.gen,
                 });
                 self.start_rx_writes();
             }
@@ -2835,6 +2852,9 @@ impl Node {
                 self.notify("IO frozen: the peer is being fenced (fence-peer handler)".into());
             }
         }
+        // DRBD's rule: a new generation when a Primary loses an UpToDate peer. (During a
+        // resync the bitmap UUID is in use and stays; see the open simulator scenario
+        // primary_losing_its_sync_target_keeps_its_generation.)
         if self.role == Role::Primary
             && self.disk == DiskState::UpToDate
             && was_up_to_date_peer
