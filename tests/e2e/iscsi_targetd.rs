@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use tandem_tests::tgtd::Tgtd;
 use tandem_tests::{bin, run, run_ok, tool, wait_for, ChildGuard};
 
 const MIB: u64 = 1 << 20;
@@ -187,80 +188,6 @@ fn chap_one_way_and_mutual_and_wrong_secrets_refused() {
     assert!(!log.contains(SECRET), "secrets are never logged");
 }
 
-/// tgtd serving a sparse file of `size` as LUN 1 of `iqn`, on 127.0.0.1:`port`.
-struct Tgtd {
-    child: Option<ChildGuard>,
-    control: u32,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Tgtd {
-    fn drop(&mut self) {
-        self.child.take();
-        for f in ["", ".lock"] {
-            let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}{f}", self.control));
-        }
-    }
-}
-
-impl Tgtd {
-    fn start(iqn: &str, port: u16, size: u64) -> Tgtd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = tandem_tests::sparse_file(dir.path(), "tgt.img", size);
-        // tgtd's control socket is global (/var/run/tgtd/socket.N, N below 32768).
-        let control = 20_000 + std::process::id() % 10_000;
-        let child = Command::new(tool("tgtd", "tgt"))
-            .args(["-f", "-C", &control.to_string()])
-            .arg("--iscsi")
-            .arg(format!("portal=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tgtd");
-        let t = Tgtd {
-            child: Some(ChildGuard(child)),
-            control,
-            _dir: dir,
-        };
-        wait_for("tgtd to take commands", STARTUP, || {
-            t.tgtadm(&["--op", "show", "--mode", "sys"])
-                .status
-                .success()
-                .then_some(())
-        });
-        let lun = file.to_str().expect("UTF-8 path").to_string();
-        for args in [
-            vec!["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn],
-            vec![
-                "--op",
-                "new",
-                "--mode",
-                "logicalunit",
-                "--tid",
-                "1",
-                "--lun",
-                "1",
-                "-b",
-                &lun,
-            ],
-            vec![
-                "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-            ],
-        ] {
-            let out = t.tgtadm(&args);
-            assert!(out.status.success(), "tgtadm {args:?}: {out:?}");
-        }
-        t
-    }
-
-    fn tgtadm(&self, args: &[&str]) -> std::process::Output {
-        run(Command::new(tool("tgtadm", "tgt"))
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args))
-    }
-}
-
 /// CUnit's verdicts from `iscsi-test-cu`, and the tests that passed by skipping (CUnit counts a
 /// test that skips an unimplemented command as passed).
 #[derive(Debug)]
@@ -340,7 +267,18 @@ fn conformance_suite_passes_more_than_tgt() {
 
     let tgt_port = free_port();
     let tgt_iqn = "iqn.2026-11.org.tandem:tgt";
-    let tgtd = Tgtd::start(tgt_iqn, tgt_port, 64 * MIB);
+    let tgt_dir = tempfile::tempdir().expect("temp dir");
+    let mut tgtd_cmd = Command::new(tool("tgtd", "tgt"));
+    tgtd_cmd
+        .arg("--iscsi")
+        .arg(format!("portal=127.0.0.1:{tgt_port}"));
+    let tgtd = Tgtd::start(
+        tgtd_cmd,
+        20_000 + std::process::id() % 10_000,
+        tgt_iqn,
+        &tandem_tests::sparse_file(tgt_dir.path(), "tgt.img", 64 * MIB),
+        None,
+    );
     let (theirs, _) = conformance(&format!("iscsi://127.0.0.1:{tgt_port}/{tgt_iqn}/1"));
     drop(tgtd);
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tandem_tests::tgtd::Tgtd;
 use tandem_tests::{
     bin, run_fails, run_ok, sparse_file, tool, wait_for, ChildGuard, LoopDevice, Netns,
 };
@@ -425,18 +426,14 @@ const CHAP_SECRET: &str = "secretpass12";
 /// tgtd serving an 8 MiB sparse file as LUN 1 with CHAP, in its own network namespace (so
 /// it listens on that namespace's 127.0.0.1:3260 only). Killed on drop.
 struct Storage {
-    tgtd: Option<ChildGuard>,
+    tgtd: Option<Tgtd>,
     ns: Netns,
-    control: u32,
     dir: tempfile::TempDir,
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
         self.tgtd.take();
-        for f in ["", ".lock"] {
-            let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}{f}", self.control));
-        }
     }
 }
 
@@ -444,78 +441,20 @@ impl Storage {
     fn new(tag: u32) -> Storage {
         let pid = std::process::id();
         let ns = Netns::new(&format!("tdm-st{tag}-{pid}"));
-        // tgtd's control socket is global (/var/run/tgtd/socket.N, N below 32768): one per test.
-        let control = 1000 + (pid % 7_000) * 4 + tag;
         let dir = tempfile::tempdir().unwrap();
-        sparse_file(dir.path(), "lun.img", 8 << 20);
-        let tgtd = ns
-            .cmd(tool("tgtd", "tgt"))
-            .args(["-f", "-C", &control.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tgtd");
-        let s = Storage {
-            tgtd: Some(ChildGuard(tgtd)),
+        let lun = sparse_file(dir.path(), "lun.img", 8 << 20);
+        let tgtd = Tgtd::start(
+            ns.cmd(tool("tgtd", "tgt")),
+            1000 + (pid % 7_000) * 4 + tag,
+            IQN,
+            &lun,
+            Some((CHAP_USER, CHAP_SECRET)),
+        );
+        Storage {
+            tgtd: Some(tgtd),
             ns,
-            control,
             dir,
-        };
-        wait_for("tgtd to take commands", SOON, || {
-            s.tgtadm(&["--op", "show", "--mode", "sys"])
-                .status
-                .success()
-                .then_some(())
-        });
-        let lun = s.dir.path().join("lun.img");
-        for args in [
-            vec!["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN],
-            vec![
-                "--op",
-                "new",
-                "--mode",
-                "logicalunit",
-                "--tid",
-                "1",
-                "--lun",
-                "1",
-                "-b",
-            ],
-            vec![
-                "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-            ],
-            vec![
-                "--op",
-                "new",
-                "--mode",
-                "account",
-                "--user",
-                CHAP_USER,
-                "--password",
-                CHAP_SECRET,
-            ],
-            vec![
-                "--op", "bind", "--mode", "account", "--tid", "1", "--user", CHAP_USER,
-            ],
-        ] {
-            let mut a: Vec<&str> = args;
-            let lun_text = lun.to_str().unwrap();
-            if a.last() == Some(&"-b") {
-                a.push(lun_text);
-            }
-            let out = s.tgtadm(&a);
-            assert!(out.status.success(), "tgtadm {a:?}: {out:?}");
         }
-        s
-    }
-
-    fn tgtadm(&self, args: &[&str]) -> std::process::Output {
-        Command::new(tool("tgtadm", "tgt"))
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args)
-            .output()
-            .expect("run tgtadm")
     }
 
     fn url(&self) -> String {

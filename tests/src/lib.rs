@@ -182,6 +182,7 @@ pub fn wait_for<T>(
     }
 }
 pub mod pair;
+pub mod tgtd;
 
 /// A FUSE mount (nbdfuse's), unmounted on drop.
 pub struct FuseMount(pub PathBuf);
