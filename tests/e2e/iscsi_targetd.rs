@@ -4,12 +4,11 @@
 //! second path, so the multipath tests run too) against our target and against tgt's `tgtd`
 //! serving the same kind of file in the same test, with a floor on our pass count. Every process is owned by a guard, so a failing test cleans up.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tandem_tests::tgtd::Tgtd;
-use tandem_tests::{bin, run, run_ok, tool, wait_for, ChildGuard};
+use tandem_tests::{bin, free_port, run, run_ok, tool, wait_for, ChildGuard};
 
 const MIB: u64 = 1 << 20;
 /// Upper bound for a server to come up.
@@ -87,11 +86,6 @@ impl Drop for Targetd {
             eprintln!("targetd log:\n{}", self.log());
         }
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address").port()
 }
 
 fn libiscsi(name: &str) -> Command {

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tandem_tests::{bin, run, run_fails, run_ok, tool, wait_for, ChildGuard, LoopDevice};
+use tandem_tests::{
+    bin, free_port, pattern, run, run_fails, run_ok, tool, wait_for, ChildGuard, LoopDevice,
+};
 
 const MIB: u64 = 1 << 20;
 const MIBZ: usize = 1 << 20;
@@ -95,25 +97,6 @@ impl Drop for Targetd {
             eprintln!("targetd log:\n{}", self.log());
         }
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("address").port()
-}
-
-/// Deterministic non-repeating bytes (xorshift), so a misplaced block cannot compare equal.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn nbdinfo() -> PathBuf {

@@ -153,6 +153,12 @@ impl Drop for Netns {
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it), for a server to bind.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
+}
+
 /// A child process killed (SIGKILL) and reaped on drop.
 pub struct ChildGuard(pub Child);
 
