@@ -41,7 +41,7 @@ use super::*;
 use crate::config::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, Protocol};
 use crate::md::al::AlTransaction;
 use crate::md::{flags, UUID_JUST_CREATED};
-use crate::wire::Packet;
+use crate::wire::{socket_of, Packet, SocketKind};
 
 const SECTOR: u64 = 512;
 /// Four 4 MiB extents, so the activity log (three slots) evicts.
@@ -292,20 +292,6 @@ impl Ord for PacketBox {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
     }
-}
-
-fn is_meta(p: &Packet) -> bool {
-    matches!(
-        p,
-        Packet::RecvAck { .. }
-            | Packet::WriteAck { .. }
-            | Packet::NegAck { .. }
-            | Packet::BarrierAck { .. }
-            | Packet::RsWriteAck { .. }
-            | Packet::RsNegAck { .. }
-            | Packet::Ping
-            | Packet::PingAck
-    )
 }
 
 /// One client write as the oracle sees it.
@@ -1085,7 +1071,7 @@ impl Sim {
             return;
         }
         let gen = c.gen;
-        let socket = usize::from(is_meta(&p));
+        let socket = usize::from(socket_of(&p) == Some(SocketKind::Meta));
         let delay = if self.rng.chance(30) {
             20 + self.rng.below(60)
         } else {

@@ -13,23 +13,9 @@ use bytes::Bytes;
 use super::*;
 use crate::config::Protocol;
 use crate::md::{flags, UUID_JUST_CREATED};
-use crate::wire::Packet;
+use crate::wire::{socket_of, Packet, SocketKind};
 
 const DISK: u64 = 4 << 20;
-
-fn is_meta(p: &Packet) -> bool {
-    matches!(
-        p,
-        Packet::RecvAck { .. }
-            | Packet::WriteAck { .. }
-            | Packet::NegAck { .. }
-            | Packet::BarrierAck { .. }
-            | Packet::RsWriteAck { .. }
-            | Packet::RsNegAck { .. }
-            | Packet::Ping
-            | Packet::PingAck
-    )
-}
 
 fn config(name: &str, protocol: Protocol) -> NodeConfig {
     NodeConfig {
@@ -167,7 +153,7 @@ impl Harness {
                     if self.hold.as_ref().is_some_and(|h| h(i, &p)) {
                         self.held.push((i, p));
                     } else {
-                        let socket = usize::from(is_meta(&p));
+                        let socket = usize::from(socket_of(&p) == Some(SocketKind::Meta));
                         self.inbox[1 - i][socket].push_back(p);
                     }
                 }
@@ -352,7 +338,7 @@ impl Harness {
 
     fn release_held(&mut self) {
         for (from, p) in std::mem::take(&mut self.held) {
-            let socket = usize::from(is_meta(&p));
+            let socket = usize::from(socket_of(&p) == Some(SocketKind::Meta));
             self.inbox[1 - from][socket].push_back(p);
         }
         self.run();
