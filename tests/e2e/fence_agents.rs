@@ -3,29 +3,16 @@
 //! input give the documented exit statuses. The agents' actions against real devices are tested
 //! beside the devices: `sbd_watch` (SBD) and `ifmib_snmpd` (snmpd).
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use tandem_tests::{bin, run_ok, tool};
+use tandem_tests::{bin, run_ok, run_with_stdin, tool};
 
 const SCHEMA: &str = "/usr/share/cluster/relaxng/metadata.rng";
 const AGENTS: [&str; 2] = ["fence_tandem_sbd", "fence_tandem_ifmib"];
 
 /// Runs an agent with `input` on stdin and no arguments, as the fencer does.
 fn with_stdin(agent: &str, input: &str) -> Output {
-    let mut child = Command::new(bin(agent))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_stdin(&mut Command::new(bin(agent)), input)
 }
 
 #[test]

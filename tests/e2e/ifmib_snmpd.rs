@@ -8,7 +8,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use tandem_tests::{bin, run, run_ok, tool, wait_for, ChildGuard, Netns};
+use tandem_tests::{bin, run, run_ok, run_with_stdin, tool, wait_for, ChildGuard, Netns};
 
 const SWITCH_IP: &str = "10.99.0.1";
 const AUTH_PASSWORD: &str = "authpass123";
@@ -334,22 +334,7 @@ fn failures_are_clear_and_exit_1() {
 /// Runs `fence_tandem_ifmib` in the fencer's namespace with `input` on stdin, as Pacemaker's
 /// fencer calls it.
 fn fence_tandem_ifmib(lab: &Lab, input: &str) -> Output {
-    use std::io::Write;
-    let mut child = lab
-        .fencer
-        .cmd(bin("fence_tandem_ifmib"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fence_tandem_ifmib");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_stdin(&mut lab.fencer.cmd(bin("fence_tandem_ifmib")), input)
 }
 
 fn agent_run(lab: &Lab, input: &str) -> (Option<i32>, String) {

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tandem_tests::tgtd::Tgtd;
 use tandem_tests::{
-    bin, run_fails, run_ok, sparse_file, tool, wait_for, ChildGuard, LoopDevice, Netns,
+    bin, run_fails, run_ok, run_with_stdin, sparse_file, tool, wait_for, ChildGuard, LoopDevice,
+    Netns,
 };
 
 /// Watchdog 1 s, loop 1 s, msgwait 3 s: with a 1 s I/O timeout the watcher's rule
@@ -330,20 +331,7 @@ fn one_of_three_disks_is_not_enough_to_start() {
 
 /// Runs `fence_tandem_sbd` with `input` on stdin, as Pacemaker's fencer calls it.
 fn fence_tandem_sbd(input: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(bin("fence_tandem_sbd"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fence_tandem_sbd");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_stdin(&mut Command::new(bin("fence_tandem_sbd")), input)
 }
 
 fn agent_ok(input: &str, code: i32, stdout: &str) {
