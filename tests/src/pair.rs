@@ -283,5 +283,11 @@ impl Drop for Pair {
         for d in &mut self.daemons {
             d.take();
         }
+        // A failing test takes its temporary directory with it: show the daemons' logs first.
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                eprintln!("--- {} log:\n{}", self.nodes[i].name, self.log(i));
+            }
+        }
     }
 }
