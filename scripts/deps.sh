@@ -22,6 +22,7 @@ TANDEM_APT_PACKAGES=(
     mount           # mount, umount
     qemu-block-extra # qemu's iscsi:// driver: writes in the iSCSI benchmark (qemu-nbd serving a LUN)
     libiscsi-bin    # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf: iSCSI interop
+    resource-agents # ocf:heartbeat:Dummy, Filesystem, IPaddr2: clusterd's OCF runner against real agents
 )
 
 missing=()
