@@ -8,38 +8,8 @@
 use std::fmt::Write;
 
 use super::model::*;
-use super::syntax::{Item, Word};
+use super::syntax::{always_quote, quote, Item, Word};
 use super::units::{format_size, KIB, SECTOR};
-
-/// A word as it must be written: bare when the lexer would read it back as one word.
-fn quote(s: &str) -> String {
-    let bare = !s.is_empty()
-        && s.chars()
-            .all(|c| !c.is_whitespace() && !matches!(c, '{' | '}' | ';' | '"' | '#' | '\\'));
-    if bare {
-        s.to_string()
-    } else {
-        always_quote(s)
-    }
-}
-
-/// A double-quoted string with DRBD's escapes.
-fn always_quote(s: &str) -> String {
-    {
-        let mut out = String::from("\"");
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\t' => out.push_str("\\t"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
-    }
-}
 
 fn word(w: &Word) -> String {
     if w.quoted {
@@ -124,6 +94,10 @@ pub fn dump(config: &Config, only: Option<&str>) -> String {
     }
     if let (None, Some(c)) = (only, &config.cluster) {
         cluster(&mut o, c);
+        o.line("");
+    }
+    if let (None, Some(t)) = (only, &config.targetd) {
+        o.text.push_str(&t.dump());
     }
     while o.text.ends_with("\n\n") {
         o.text.pop();

@@ -1,7 +1,8 @@
 //! tandem's configuration: DRBD's syntax, validated in two stages.
 //!
 //! 1. [`syntax`] reads the text (and its includes) into a raw tree of items, keeping every
-//!    word's `file:line:column`.
+//!    word's `file:line:column` (it lives in `target::conf` so that `targetd` reads the same
+//!    file the same way).
 //! 2. [`validate`] checks keywords, values and ranges, merges `common` into each resource and
 //!    produces the typed [`Config`]; options DRBD knows but tandem does not implement yet become
 //!    [`Warning`]s, everything else wrong is a [`ConfigError`] naming where.
@@ -10,52 +11,15 @@
 
 pub mod dump;
 pub mod model;
-pub mod syntax;
 pub mod units;
 pub mod validate;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use model::*;
-pub use syntax::Span;
-
-/// The config file when `-c` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/tandem.conf";
-
-/// Everything that can be wrong with a configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A syntax or validation error at a place in a file.
-    #[error("{span}: {message}")]
-    At {
-        /// Where.
-        span: Span,
-        /// What is wrong.
-        message: String,
-    },
-    /// An error not tied to one place.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl ConfigError {
-    /// An error at `span`.
-    pub fn syntax(span: &Span, message: impl Into<String>) -> Self {
-        ConfigError::At {
-            span: span.clone(),
-            message: message.into(),
-        }
-    }
-}
+/// The lexer and raw tree, shared with `targetd` (they live in the `target` crate).
+pub use target::conf::syntax;
+pub use target::conf::{ConfigError, Span, DEFAULT_CONFIG_PATH};
 
 impl Config {
     /// Reads, parses and validates the config file at `path` (with its includes).

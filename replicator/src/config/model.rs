@@ -19,24 +19,14 @@ pub struct Config {
     pub resources: Vec<Resource>,
     /// The `cluster` block, if any (DESIGN §8).
     pub cluster: Option<Cluster>,
+    /// The `targetd` block, if any: `targetd`'s exports, validated here too so that every
+    /// binary agrees on the file and `dump` prints it back.
+    pub targetd: Option<target::conf::targetd::Targetd>,
     /// Options that DRBD knows but tandem does not implement yet, with where they were.
     pub warnings: Vec<Warning>,
 }
 
-/// A non-fatal finding, printed as `file:line:column: warning: ...`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
-    /// Where the option was written.
-    pub span: Span,
-    /// What is wrong and what tandem does about it.
-    pub message: String,
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: warning: {}", self.span, self.message)
-    }
-}
+pub use target::conf::Warning;
 
 /// An option or section DRBD knows that tandem accepts and ignores (with a warning), kept as
 /// written so that `dump` can print it back.

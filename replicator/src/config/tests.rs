@@ -367,6 +367,35 @@ fn assert_dump_round_trips(config: &Config) {
         }
     }
     assert_eq!(config.cluster, reparsed.cluster);
+    assert_eq!(
+        config.targetd.as_ref().map(|t| t.dump()),
+        reparsed.targetd.as_ref().map(|t| t.dump())
+    );
+}
+
+#[test]
+fn targetd_block_is_validated_and_dumped() {
+    let text = format!(
+        "{MINIMAL}\ntargetd {{\n    iscsi 0.0.0.0;\n    chap alice alice-secret-12;\n    \
+         target sbd {{ file /srv/sbd.img; }}\n}}\n"
+    );
+    let c = parse(&text).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let t = c.targetd.as_ref().unwrap();
+    assert_eq!(t.iscsi, Some("0.0.0.0:3260".parse().unwrap()));
+    assert_eq!(t.targets[0].name, "sbd");
+    let printed = dump::dump(&c, None);
+    assert!(printed.contains("targetd {\n"), "{printed}");
+    assert!(printed.contains("    target sbd {\n"), "{printed}");
+    assert!(!dump::dump(&c, Some("r0")).contains("targetd"));
+    assert_dump_round_trips(&c);
+    // The block is checked by every binary that reads the file, with its position.
+    let bad = text.replace("file /srv/sbd.img;", "file /srv/sbd.img; size 1G;");
+    assert_eq!(
+        err(&bad),
+        "t.conf:8:37: unknown keyword 'size' in target (use file or read-only)"
+    );
+    assert!(err(&format!("{text}targetd {{ }}")).contains("duplicate 'targetd' block"));
 }
 
 #[test]

@@ -75,15 +75,6 @@ pub fn parse_count(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
-/// Parses DRBD's booleans.
-pub fn parse_bool(text: &str) -> Result<bool, String> {
-    match text {
-        "yes" | "on" | "true" => Ok(true),
-        "no" | "off" | "false" => Ok(false),
-        _ => Err(format!("'{text}' is not a boolean (use yes or no)")),
-    }
-}
-
 /// Formats a byte size so that [`parse_size`] with the same unit reads it back exactly,
 /// with the largest exact binary suffix.
 pub fn format_size(bytes: u64, unit_bytes: u64) -> String {

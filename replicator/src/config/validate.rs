@@ -10,6 +10,8 @@ use super::model::*;
 use super::syntax::{Item, Span, Word};
 use super::units::{self, KIB, SECTOR};
 use super::ConfigError;
+use target::conf::check::{flag, no_duplicates, no_duplicates_except, one_arg, section, statement};
+use target::conf::{parse_bool, parse_socket_addr};
 
 /// The NBD port when an `export { nbd ADDR; }` names none.
 pub const DEFAULT_NBD_PORT: u16 = 10809;
@@ -128,67 +130,6 @@ impl Ctx {
     }
 }
 
-fn statement(item: &Item) -> Result<&[Word], ConfigError> {
-    if item.body.is_some() {
-        return Err(err(
-            item.span(),
-            format!("'{}' takes a value, not a block", item.keyword()),
-        ));
-    }
-    Ok(item.args())
-}
-
-fn one_arg(item: &Item) -> Result<&Word, ConfigError> {
-    match statement(item)? {
-        [w] => Ok(w),
-        [] => Err(err(
-            item.span(),
-            format!("'{}' needs a value", item.keyword()),
-        )),
-        [_, extra, ..] => Err(err(
-            &extra.span,
-            format!(
-                "'{}' takes one value; '{}' is one too many",
-                item.keyword(),
-                extra.text
-            ),
-        )),
-    }
-}
-
-/// A flag-style option: `allow-two-primaries;` means yes, or `allow-two-primaries no;`.
-fn flag(item: &Item) -> Result<bool, ConfigError> {
-    match statement(item)? {
-        [] => Ok(true),
-        [w] => units::parse_bool(&w.text).map_err(|m| err(&w.span, m)),
-        [_, extra, ..] => Err(err(
-            &extra.span,
-            format!("'{}' takes one value", item.keyword()),
-        )),
-    }
-}
-
-fn section(item: &Item, args: usize) -> Result<&[Item], ConfigError> {
-    let Some(body) = &item.body else {
-        return Err(err(
-            item.span(),
-            format!("'{}' needs a {{ ... }} block", item.keyword()),
-        ));
-    };
-    if item.args().len() != args {
-        let what = match args {
-            0 => "no name".to_string(),
-            1 => "one name".to_string(),
-            n => format!("{n} names"),
-        };
-        return Err(err(
-            item.span(),
-            format!("'{}' takes {what} before its block", item.keyword()),
-        ));
-    }
-    Ok(body)
-}
-
 fn keyword<T>(
     w: &Word,
     option: &str,
@@ -239,33 +180,6 @@ fn ranged_count(item: &Item, min: u64, max: u64) -> Result<u32, ConfigError> {
         ));
     }
     u32::try_from(v).map_err(|_| err(&w.span, "value too large"))
-}
-
-/// Rejects a keyword given twice in one block (a block and a statement of the same keyword,
-/// like `disk { }` and `disk /dev/sda;`, are different things), except the `repeatable` ones.
-fn no_duplicates_except(
-    items: &[Item],
-    what: &str,
-    repeatable: &[&str],
-) -> Result<(), ConfigError> {
-    let mut seen: BTreeMap<(&str, bool), &Span> = BTreeMap::new();
-    for item in items {
-        let key = item.keyword();
-        if repeatable.contains(&key) {
-            continue;
-        }
-        if let Some(first) = seen.insert((key, item.body.is_some()), item.span()) {
-            return Err(err(
-                item.span(),
-                format!("duplicate '{key}' in {what} (first given at {first})"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn no_duplicates(items: &[Item], what: &str) -> Result<(), ConfigError> {
-    no_duplicates_except(items, what, &[])
 }
 
 /// Options of one section kind from `common`, overridden by the resource's own.
@@ -332,13 +246,14 @@ pub fn validate(items: &[Item]) -> Result<Config, ConfigError> {
                 section(item, 1)?;
                 cluster = Some(item);
             }
-            "skip" => {}
+            // targetd's exports: validated below by the target crate's own code.
+            target::conf::targetd::KEYWORD | "skip" => {}
             other => {
                 return Err(err(
                     item.span(),
                     format!(
                         "unknown keyword '{other}' at top level (expected global, common, \
-                         resource, cluster or include)"
+                         resource, cluster, targetd or include)"
                     ),
                 ))
             }
@@ -356,10 +271,12 @@ pub fn validate(items: &[Item]) -> Result<Config, ConfigError> {
         Some(item) => Some(validate_cluster(item, &out, &mut ctx)?),
         None => None,
     };
+    let targetd = target::conf::targetd::Targetd::from_items(items, &mut ctx.warnings)?;
     Ok(Config {
         global: global.map(|(_, g)| g).unwrap_or_default(),
         resources: out,
         cluster,
+        targetd,
         warnings: ctx.warnings,
     })
 }
@@ -602,19 +519,12 @@ fn validate_handlers(items: &[&Item], ctx: &mut Ctx) -> Result<Handlers, ConfigE
 }
 
 fn parse_export_addr(w: &Word, default_port: u16) -> Result<SocketAddr, ConfigError> {
-    if let Ok(addr) = w.text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let ip_text = w.text.trim_start_matches('[').trim_end_matches(']');
-    ip_text
-        .parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, default_port))
-        .map_err(|_| {
-            err(
-                &w.span,
-                format!("'{}' is not an address (use IP or IP:PORT)", w.text),
-            )
-        })
+    parse_socket_addr(&w.text, default_port).ok_or_else(|| {
+        err(
+            &w.span,
+            format!("'{}' is not an address (use IP or IP:PORT)", w.text),
+        )
+    })
 }
 
 fn validate_export(item: &Item) -> Result<Exports, ConfigError> {
@@ -1082,7 +992,7 @@ fn validate_resource(
 
 fn yes_no(item: &Item) -> Result<bool, ConfigError> {
     let w = one_arg(item)?;
-    units::parse_bool(&w.text).map_err(|m| err(&w.span, m))
+    parse_bool(&w.text).map_err(|m| err(&w.span, m))
 }
 
 fn validate_cluster(

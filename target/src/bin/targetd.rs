@@ -2,6 +2,11 @@
 //! replication (the SBD LUN on a storage node, scratch disks, tests). Each FILE is an export
 //! named after its file name, on `<run-dir>/nbd.sock` always and on TCP with `--nbd ADDR`; with
 //! `--iscsi ADDR` also an iSCSI target `iqn.2026-11.org.tandem:<file name>` with LUN 0.
+//!
+//! The same can be written in the config file's `targetd { ... }` block
+//! ([`target::conf::targetd`]): it is read when `-c FILE` is given, or from the default path
+//! when no FILE is. Its targets and the FILEs are served together (a name given twice is an
+//! error); a flag given on the command line wins over the block's setting.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -10,6 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
+use target::conf::targetd::Targetd;
+use target::conf::DEFAULT_CONFIG_PATH;
 use target::iscsi::login::{Auth, Credentials};
 use target::iscsi::server::IscsiServer;
 use target::nbd::server::{bind_unix, NbdServer};
@@ -26,8 +33,8 @@ const NBD_SOCKET: &str = "nbd.sock";
 #[derive(Debug, Parser)]
 #[command(name = "targetd", version)]
 struct Cli {
-    /// tandem configuration file. targetd takes its exports from its arguments and does not
-    /// read the configuration yet; the flag is accepted like on every tandem binary.
+    /// tandem configuration file whose `targetd { ... }` block names more exports and the
+    /// settings below [default: /etc/tandem/tandem.conf, read only when no FILE is given].
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// This node's name (default: the hostname); accepted like on every tandem binary.
@@ -45,14 +52,14 @@ struct Cli {
     /// iSCSI initiators must authenticate with CHAP as USER with SECRET.
     #[arg(long, value_name = "USER:SECRET")]
     chap: Option<String>,
-    /// With --chap: the target's own credentials for initiators that ask for mutual CHAP.
-    #[arg(long, value_name = "USER:SECRET", requires = "chap")]
+    /// With CHAP: the target's own credentials for initiators that ask for mutual CHAP.
+    #[arg(long, value_name = "USER:SECRET")]
     mutual_chap: Option<String>,
-    /// Serve every FILE read-only.
+    /// Serve every export read-only (the config's targets too).
     #[arg(long)]
     read_only: bool,
     /// Files or block devices to export; each export is named after its file name.
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
 }
 
@@ -88,39 +95,136 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-fn run(cli: Cli) -> Result<()> {
-    if cli.chap.is_some() && cli.iscsi.is_none() {
+/// One export to serve: its name, file and whether writes are refused.
+struct Export {
+    name: String,
+    path: PathBuf,
+    read_only: bool,
+    /// Where it was asked for, for a name clash: `file:line:column` or "the command line".
+    from: String,
+}
+
+/// What to serve, from the command line and the config's `targetd` block together.
+struct Plan {
+    nbd: Option<SocketAddr>,
+    iscsi: Option<(SocketAddr, Auth)>,
+    exports: Vec<Export>,
+}
+
+/// The config file to read: the one named by `-c`, else the default when no FILE is given.
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    match &cli.config {
+        Some(path) => Some(path.clone()),
+        None if cli.files.is_empty() => Some(PathBuf::from(DEFAULT_CONFIG_PATH)),
+        None => None,
+    }
+}
+
+fn plan(cli: &Cli) -> Result<Plan> {
+    let config = match config_path(cli) {
+        Some(path) => {
+            let mut warnings = Vec::new();
+            let block = match Targetd::load(&path, &mut warnings) {
+                Err(target::conf::ConfigError::Io { source, .. })
+                    if cli.config.is_none() && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    bail!(
+                        "no FILE given and no config at {}: give FILEs to serve, or -c FILE",
+                        path.display()
+                    )
+                }
+                r => r?,
+            };
+            for w in &warnings {
+                warn!("{w}");
+            }
+            if block.is_none() && cli.files.is_empty() {
+                bail!(
+                    "{} has no 'targetd {{ target NAME {{ file PATH; }} }}' block and no FILE \
+                     was given: nothing to serve",
+                    path.display()
+                );
+            }
+            block
+        }
+        None => None,
+    };
+    let config = config.as_ref();
+    let nbd = match &cli.nbd {
+        Some(s) => Some(parse_nbd_addr(s)?),
+        None => config.and_then(|c| c.nbd),
+    };
+    let iscsi = match &cli.iscsi {
+        Some(s) => Some(parse_addr(
+            s,
+            "--iscsi",
+            target::iscsi::server::DEFAULT_PORT,
+        )?),
+        None => config.and_then(|c| c.iscsi),
+    };
+    let incoming = match &cli.chap {
+        Some(c) => Some(credentials(c, "--chap")?),
+        None => config
+            .and_then(|c| c.chap.as_ref())
+            .map(|c| c.credentials()),
+    };
+    let outgoing = match &cli.mutual_chap {
+        Some(c) => Some(credentials(c, "--mutual-chap")?),
+        None => config
+            .and_then(|c| c.mutual_chap.as_ref())
+            .map(|c| c.credentials()),
+    };
+    if incoming.is_some() && iscsi.is_none() {
         bail!("--chap applies to iSCSI; add --iscsi ADDR");
     }
-    if let Some(c) = &cli.config {
-        warn!(config = %c.display(), "targetd reads no configuration yet; exports come from the arguments");
+    if outgoing.is_some() && incoming.is_none() {
+        bail!("--mutual-chap needs --chap USER:SECRET too: the initiator authenticates first");
     }
-    let tcp = cli.nbd.as_deref().map(parse_nbd_addr).transpose()?;
-    let iscsi = cli
-        .iscsi
-        .as_deref()
-        .map(|s| parse_addr(s, "--iscsi", target::iscsi::server::DEFAULT_PORT))
-        .transpose()?;
-    let auth = Auth {
-        incoming: cli
-            .chap
-            .as_deref()
-            .map(|c| credentials(c, "--chap"))
-            .transpose()?,
-        outgoing: cli
-            .mutual_chap
-            .as_deref()
-            .map(|c| credentials(c, "--mutual-chap"))
-            .transpose()?,
-    };
-    let mut exports: Vec<(String, FileVolume)> = Vec::new();
+    let mut exports: Vec<Export> = Vec::new();
+    for t in config.map(|c| c.targets.as_slice()).unwrap_or_default() {
+        exports.push(Export {
+            name: t.name.clone(),
+            path: t.file.clone(),
+            read_only: t.read_only || cli.read_only,
+            from: format!("target {} at {}", t.name, t.span),
+        });
+    }
     for path in &cli.files {
-        let name = export_name(path)?;
-        if exports.iter().any(|(n, _)| *n == name) {
-            bail!("two files are named {name:?}; export names must be unique (rename or link one)");
+        exports.push(Export {
+            name: export_name(path)?,
+            path: path.clone(),
+            read_only: cli.read_only,
+            from: format!("the file {}", path.display()),
+        });
+    }
+    if exports.is_empty() {
+        bail!(
+            "nothing to serve: give FILEs, or 'target NAME {{ file PATH; }}' in the targetd block"
+        );
+    }
+    for (i, e) in exports.iter().enumerate() {
+        if let Some(first) = exports[..i].iter().find(|f| f.name == e.name) {
+            bail!(
+                "two exports are named {:?}: {} and {}; export names must be unique (rename \
+                 or link one)",
+                e.name,
+                first.from,
+                e.from
+            );
         }
-        let volume = FileVolume::open(path, cli.read_only)?;
-        exports.push((name, volume));
+    }
+    Ok(Plan {
+        nbd,
+        iscsi: iscsi.map(|a| (a, Auth { incoming, outgoing })),
+        exports,
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let plan = plan(&cli)?;
+    let mut exports: Vec<(String, FileVolume)> = Vec::new();
+    for e in &plan.exports {
+        exports.push((e.name.clone(), FileVolume::open(&e.path, e.read_only)?));
     }
     std::fs::create_dir_all(&cli.run_dir)
         .with_context(|| format!("cannot create the run directory {}", cli.run_dir.display()))?;
@@ -129,7 +233,7 @@ fn run(cli: Cli) -> Result<()> {
         .thread_name("targetd")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cli, tcp, iscsi.map(|a| (a, auth)), exports))
+    runtime.block_on(serve(cli, plan.nbd, plan.iscsi, exports))
 }
 
 async fn serve(

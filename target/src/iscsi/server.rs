@@ -100,6 +100,23 @@ pub fn iqn(name: &str) -> String {
     format!("{IQN_PREFIX}{name}")
 }
 
+/// Why `name` cannot follow [`IQN_PREFIX`] in a target name, if it cannot.
+pub fn check_target_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 200 {
+        return Err("it is longer than 200 bytes");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+    {
+        return Err("an IQN allows only letters, digits, '.', '-', ':' and '_'");
+    }
+    Ok(())
+}
+
 /// An iSCSI target portal: named targets, each one LUN (0) over a volume.
 pub struct IscsiServer {
     targets: watch::Sender<Table>,
@@ -140,24 +157,10 @@ impl IscsiServer {
 
     /// Serves `volume` as target `iqn.2026-11.org.tandem:<name>`, LUN 0. Returns the IQN.
     pub fn add_target(&self, name: &str, volume: Arc<dyn Volume>) -> Result<String, ServerError> {
-        let bad = |why| ServerError::BadName {
+        check_target_name(name).map_err(|why| ServerError::BadName {
             name: name.to_string(),
             why,
-        };
-        if name.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        if name.len() > 200 {
-            return Err(bad("it is longer than 200 bytes"));
-        }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
-        {
-            return Err(bad(
-                "an IQN allows only letters, digits, '.', '-', ':' and '_'",
-            ));
-        }
+        })?;
         let name_iqn = iqn(&name.to_ascii_lowercase().replace('_', "-"));
         if self.targets.borrow().contains_key(&name_iqn) {
             return Err(ServerError::Exists(name_iqn));

@@ -1,12 +1,14 @@
-//! Stage one of the configuration: DRBD's configuration syntax as a raw tree.
+//! DRBD's configuration syntax as a raw tree: the first stage of reading tandem's config.
 //!
 //! The grammar is DRBD's: a file is a list of items; an item is one or more words (bare or
 //! double-quoted) ended either by `;` (a statement) or by a `{ ... }` block (a section).
 //! `#` starts a comment that runs to the end of the line. `include "GLOB";` splices in the
 //! items of every file the glob matches (relative to the including file, sorted by name).
 //!
-//! Nothing here knows what a keyword means; that is [`super::validate`]'s job. Every word keeps
-//! its [`Span`] so that errors can say `file:line:column`.
+//! Nothing here knows what a keyword means; that is the validators' job (`replicator::config`
+//! for resources and the cluster, [`super::targetd`] for targetd's block). Every word keeps
+//! its [`Span`] so that errors can say `file:line:column`. [`quote`] is the way back: it
+//! writes a word so that this lexer reads it again unchanged.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -193,6 +195,34 @@ impl<'a> Lexer<'a> {
             }
         }))
     }
+}
+
+/// A word as it must be written: bare when the lexer reads it back as one word, else quoted.
+pub fn quote(s: &str) -> String {
+    let bare = !s.is_empty()
+        && s.chars()
+            .all(|c| !c.is_whitespace() && !matches!(c, '{' | '}' | ';' | '"' | '#' | '\\'));
+    if bare {
+        s.to_string()
+    } else {
+        always_quote(s)
+    }
+}
+
+/// A double-quoted string with DRBD's escapes.
+pub fn always_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Parses one file's text into items, resolving `include` relative to `path`'s folder.
