@@ -23,6 +23,8 @@ TANDEM_APT_PACKAGES=(
     qemu-block-extra # qemu's iscsi:// driver: writes in the iSCSI benchmark (qemu-nbd serving a LUN)
     libiscsi-bin    # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf: iSCSI interop
     resource-agents # ocf:heartbeat:Dummy, Filesystem, IPaddr2: clusterd's OCF runner against real agents
+    iputils-arping  # arping: clusterd's gratuitous ARP for a floating IP
+    tcpdump         # sees that gratuitous ARP on the peer's side in the floating-IP test
 )
 
 missing=()
