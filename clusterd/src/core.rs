@@ -14,7 +14,13 @@
 //!   is promoted: never two Primaries;
 //! - in a two-node partition both nodes are alive and each wants to fence the other: the node
 //!   holding the Primary fences at once, the other waits `priority_delay_ms` first (as
-//!   Pacemaker's priority-fencing-delay), so the Primary wins the race.
+//!   Pacemaker's priority-fencing-delay), so the Primary wins the race;
+//! - replicatord's fence-peer handler may ask to fence a peer that still sends heartbeats
+//!   (its replication link broke): [`Event::FenceRequest`];
+//! - a node in standby holds no Primary; a resource moved to a node is demoted where it runs
+//!   once the target is a member, not in standby and UpToDate, and the target then promotes;
+//! - when nobody is Primary, the promoter is the move target if it can, else the lowest member
+//!   that is not in standby and whose replica is UpToDate.
 
 use std::collections::BTreeMap;
 
@@ -73,9 +79,38 @@ pub enum Event {
         /// Confirmed off.
         ok: bool,
     },
+    /// Fence `node` now, even though it may still send heartbeats (the fence-peer handler:
+    /// the replication link to it broke). Confirmed fences count in [`Cluster::fence_count`].
+    FenceRequest {
+        /// The node.
+        node: NodeId,
+    },
+    /// Which resources `from`'s replicas are UpToDate for (sent with each heartbeat). Until
+    /// this arrives for a peer, its replicas count as UpToDate.
+    PeerDisks {
+        /// The sender.
+        from: NodeId,
+        /// Its UpToDate resources.
+        up_to_date: Vec<String>,
+    },
+    /// The administrative state changed (`clusterctl standby`, `move`, `cleanup`).
+    Admin {
+        /// Nodes in standby.
+        standby: Vec<NodeId>,
+        /// Resources moved to a node.
+        moves: Vec<(String, NodeId)>,
+    },
+    /// A Promote or Demote of `resource` failed; it is retried after [`RETRY_MS`].
+    ActionFailed {
+        /// The resource.
+        resource: String,
+    },
     /// Time passes.
     Tick,
 }
+
+/// How long after a failed promote or demote it is tried again.
+pub const RETRY_MS: u64 = 2000;
 
 /// What clusterd must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +155,27 @@ struct Peer {
     fencing: Option<usize>,
     /// When fencing may start (the priority delay).
     fence_after_ms: Option<u64>,
+    /// Fencing asked for by [`Event::FenceRequest`]: heartbeats do not cancel it.
+    fence_requested: bool,
+    /// Confirmed fences since start.
+    fence_count: u64,
+    /// Its UpToDate resources, once it told us.
+    up_to_date: Option<Vec<String>>,
+}
+
+/// How this node sees a peer, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Never seen.
+    Unseen,
+    /// Heartbeats arrive.
+    Online,
+    /// Lost and being fenced (or waiting for the priority delay).
+    Fencing,
+    /// Lost and confirmed fenced.
+    Fenced,
+    /// Fenced on request while still sending heartbeats, or fencing on request.
+    Lost,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -127,6 +183,8 @@ struct Replica {
     primary: bool,
     up_to_date: bool,
     promoting: bool,
+    demoting: bool,
+    retry_after_ms: u64,
 }
 
 /// The cluster as one node sees it.
@@ -135,6 +193,8 @@ pub struct Cluster {
     cfg: Config,
     peers: BTreeMap<NodeId, Peer>,
     replicas: BTreeMap<String, Replica>,
+    standby: Vec<NodeId>,
+    moves: BTreeMap<String, NodeId>,
     out: Vec<Action>,
 }
 
@@ -154,6 +214,8 @@ impl Cluster {
             cfg,
             peers,
             replicas,
+            standby: Vec::new(),
+            moves: BTreeMap::new(),
             out: Vec::new(),
         }
     }
@@ -189,6 +251,52 @@ impl Cluster {
         m
     }
 
+    /// How this node sees `node` (None for itself or an unknown id).
+    pub fn peer_state(&self, node: NodeId) -> Option<PeerState> {
+        let p = self.peers.get(&node)?;
+        Some(if !p.seen_ever {
+            if p.fenced {
+                PeerState::Fenced
+            } else {
+                PeerState::Unseen
+            }
+        } else if p.lost && p.fenced {
+            PeerState::Fenced
+        } else if p.lost {
+            PeerState::Fencing
+        } else if p.fencing.is_some() {
+            PeerState::Lost
+        } else {
+            PeerState::Online
+        })
+    }
+
+    /// Confirmed fences of `node` since start (0 for itself).
+    pub fn fence_count(&self, node: NodeId) -> u64 {
+        self.peers.get(&node).map_or(0, |p| p.fence_count)
+    }
+
+    /// Whether `node` is in standby.
+    pub fn is_standby(&self, node: NodeId) -> bool {
+        self.standby.contains(&node)
+    }
+
+    /// The node `resource` was moved to, if any.
+    pub fn moved_to(&self, resource: &str) -> Option<NodeId> {
+        self.moves.get(resource).copied()
+    }
+
+    /// The peer believed Primary for `resource`, or this node.
+    pub fn primary_of(&self, resource: &str) -> Option<NodeId> {
+        if self.replicas.get(resource).is_some_and(|r| r.primary) {
+            return Some(self.cfg.me);
+        }
+        self.peers
+            .iter()
+            .find(|(_, p)| !p.lost && p.primary_for.iter().any(|r| r == resource))
+            .map(|(&n, _)| n)
+    }
+
     fn name(&self, n: NodeId) -> String {
         self.cfg.nodes[n].clone()
     }
@@ -207,10 +315,14 @@ impl Cluster {
                 p.last_seen_ms = Some(now_ms);
                 p.seen_ever = true;
                 p.lost = false;
-                p.fenced = false;
-                p.fencing = None;
-                p.fence_after_ms = None;
                 p.primary_for = primary_for;
+                // A fence asked for by the fence-peer handler goes on while the node still
+                // talks; otherwise a node that talks again is a member, unfenced.
+                if !p.fence_requested {
+                    p.fenced = false;
+                    p.fencing = None;
+                    p.fence_after_ms = None;
+                }
                 if back {
                     self.out.push(Action::Alert {
                         kind: "node",
@@ -228,6 +340,35 @@ impl Cluster {
                     r.primary = primary;
                     r.up_to_date = up_to_date;
                     r.promoting &= !primary;
+                    r.demoting &= primary;
+                }
+            }
+            Event::FenceRequest { node } => {
+                if let Some(p) = self.peers.get_mut(&node) {
+                    if p.fencing.is_none() {
+                        p.fence_requested = true;
+                        p.fenced = false;
+                        p.fencing = Some(0);
+                        if self.cfg.fence_methods > 0 {
+                            self.out.push(Action::Fence { node, method: 0 });
+                        }
+                    }
+                }
+            }
+            Event::PeerDisks { from, up_to_date } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.up_to_date = Some(up_to_date);
+                }
+            }
+            Event::Admin { standby, moves } => {
+                self.standby = standby;
+                self.moves = moves.into_iter().collect();
+            }
+            Event::ActionFailed { resource } => {
+                if let Some(r) = self.replicas.get_mut(&resource) {
+                    r.promoting = false;
+                    r.demoting = false;
+                    r.retry_after_ms = now_ms + RETRY_MS;
                 }
             }
             Event::FenceResult { node, method, ok } => self.fence_result(node, method, ok, now_ms),
@@ -249,6 +390,8 @@ impl Cluster {
         if ok {
             p.fencing = None;
             p.fenced = true;
+            p.fence_requested = false;
+            p.fence_count += 1;
             self.out.push(Action::Alert {
                 kind: "fencing",
                 node: name,
@@ -316,33 +459,53 @@ impl Cluster {
             }
         }
         let quorum = self.has_quorum();
+        let me = self.cfg.me;
         let resources: Vec<String> = self.replicas.keys().cloned().collect();
         for res in resources {
             let r = &self.replicas[&res];
+            if r.promoting || r.demoting || now < r.retry_after_ms {
+                continue;
+            }
             let someone_else_primary = self
                 .peers
                 .values()
                 .any(|p| !p.lost && p.primary_for.contains(&res));
             // A lost node that was Primary (or may be) must be confirmed fenced first.
-            let unfenced_lost = self.peers.values().any(|p| p.lost && !p.fenced);
-            if r.primary && !quorum {
-                self.out.push(Action::Demote {
-                    resource: res.clone(),
-                });
-                self.out.push(Action::Alert {
-                    kind: "resource",
-                    node: self.name(self.cfg.me),
-                    desc: format!("{res}: lost quorum, demoting"),
-                });
+            let unfenced_lost = self
+                .peers
+                .values()
+                .any(|p| (p.lost || p.fence_requested) && !p.fenced);
+            if r.primary {
+                let why = if !quorum {
+                    Some("lost quorum".to_string())
+                } else if self.standby.contains(&me) {
+                    Some("node in standby".to_string())
+                } else {
+                    match self.moves.get(&res) {
+                        Some(&t) if t != me && self.can_run(t, &res) => {
+                            Some(format!("moving to {}", self.name(t)))
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(why) = why {
+                    self.replicas.get_mut(&res).expect("exists").demoting = true;
+                    self.out.push(Action::Demote {
+                        resource: res.clone(),
+                    });
+                    self.out.push(Action::Alert {
+                        kind: "resource",
+                        node: self.name(me),
+                        desc: format!("{res}: {why}, demoting"),
+                    });
+                }
                 continue;
             }
-            if !r.primary
-                && !r.promoting
-                && r.up_to_date
+            if r.up_to_date
                 && quorum
                 && !someone_else_primary
                 && !unfenced_lost
-                && self.is_promoter()
+                && self.promoter(&res) == Some(me)
             {
                 self.replicas.get_mut(&res).expect("exists").promoting = true;
                 self.out.push(Action::Promote {
@@ -350,19 +513,42 @@ impl Cluster {
                 });
                 self.out.push(Action::Alert {
                     kind: "resource",
-                    node: self.name(self.cfg.me),
+                    node: self.name(me),
                     desc: format!("{res}: promoting"),
                 });
             }
         }
     }
 
-    /// The member with the lowest id promotes when nobody is Primary (one decider, no race).
-    fn is_promoter(&self) -> bool {
-        self.members().first() == Some(&self.cfg.me)
+    /// Whether `node` may hold `res`'s Primary: a member, not in standby, UpToDate.
+    fn can_run(&self, node: NodeId, res: &str) -> bool {
+        if self.standby.contains(&node) {
+            return false;
+        }
+        if node == self.cfg.me {
+            return self.replicas.get(res).is_some_and(|r| r.up_to_date);
+        }
+        self.peers.get(&node).is_some_and(|p| {
+            p.seen_ever
+                && !p.lost
+                && p.fencing.is_none()
+                && p.up_to_date
+                    .as_ref()
+                    .is_none_or(|u| u.iter().any(|x| x == res))
+        })
+    }
+
+    /// Who promotes `res` when nobody is Primary: the move target if it can, else the lowest
+    /// member that can (one decider, no race).
+    fn promoter(&self, res: &str) -> Option<NodeId> {
+        if let Some(&t) = self.moves.get(res) {
+            if self.can_run(t, res) {
+                return Some(t);
+            }
+        }
+        self.members().into_iter().find(|&n| self.can_run(n, res))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,8 +655,9 @@ mod tests {
     #[test]
     fn in_a_partition_the_primary_fences_first_and_the_other_demotes_or_waits() {
         let mut a = Cluster::new(cfg(0));
-        a.apply(replica(true), 0);
+        // Seen first: a Primary without quorum (wait-for-all) would be demoted.
         a.apply(hb(1, false), 0);
+        a.apply(replica(true), 0);
         let acts = a.apply(Event::Tick, 1500);
         assert!(
             acts.contains(&Action::Fence { node: 1, method: 0 }),
@@ -514,6 +701,161 @@ mod tests {
             kind: "node",
             node: "alpha".into(),
             desc: "member".into()
+        }));
+    }
+
+    #[test]
+    fn a_fence_request_fences_a_talking_peer_and_heartbeats_do_not_cancel_it() {
+        let mut a = Cluster::new(cfg(0));
+        // Seen first: a Primary without quorum (wait-for-all) would be demoted.
+        a.apply(hb(1, false), 0);
+        a.apply(replica(true), 0);
+        let acts = a.apply(Event::FenceRequest { node: 1 }, 100);
+        assert_eq!(acts, vec![Action::Fence { node: 1, method: 0 }]);
+        a.apply(hb(1, false), 150);
+        assert_eq!(a.peer_state(1), Some(PeerState::Lost));
+        assert_eq!(a.fence_count(1), 0);
+        a.apply(
+            Event::FenceResult {
+                node: 1,
+                method: 0,
+                ok: true,
+            },
+            200,
+        );
+        assert_eq!(a.fence_count(1), 1);
+        // Fenced, it goes silent: no second fence, alpha keeps its Primary and quorum.
+        let acts = a.apply(Event::Tick, 2000);
+        assert!(
+            !acts
+                .iter()
+                .any(|x| matches!(x, Action::Fence { .. } | Action::Demote { .. })),
+            "{acts:?}"
+        );
+        assert_eq!(a.peer_state(1), Some(PeerState::Fenced));
+    }
+
+    #[test]
+    fn a_demote_is_asked_once_and_retried_after_a_failure() {
+        let mut a = Cluster::new(cfg(0));
+        // Seen first: a Primary without quorum (wait-for-all) would be demoted.
+        a.apply(hb(1, false), 0);
+        a.apply(replica(true), 0);
+        a.apply(
+            Event::Admin {
+                standby: vec![0],
+                moves: vec![],
+            },
+            10,
+        );
+        let demotes = |acts: &[Action]| {
+            acts.iter()
+                .filter(|x| matches!(x, Action::Demote { .. }))
+                .count()
+        };
+        assert_eq!(
+            demotes(&a.apply(Event::Tick, 20)),
+            0,
+            "asked at the Admin event"
+        );
+        assert_eq!(demotes(&a.apply(hb(1, false), 30)), 0);
+        a.apply(
+            Event::ActionFailed {
+                resource: "r0".into(),
+            },
+            40,
+        );
+        assert_eq!(
+            demotes(&a.apply(hb(1, false), 100)),
+            0,
+            "not before the retry"
+        );
+        assert_eq!(demotes(&a.apply(hb(1, false), 40 + RETRY_MS)), 1);
+    }
+
+    #[test]
+    fn standby_moves_the_primary_to_the_other_node() {
+        let mut a = Cluster::new(cfg(0));
+        let mut b = Cluster::new(cfg(1));
+        // Seen first: a Primary without quorum (wait-for-all) would be demoted.
+        a.apply(hb(1, false), 0);
+        a.apply(replica(true), 0);
+        b.apply(replica(false), 0);
+        b.apply(hb(0, true), 0);
+        let admin = Event::Admin {
+            standby: vec![0],
+            moves: vec![],
+        };
+        let acts = a.apply(admin.clone(), 10);
+        assert!(acts.contains(&Action::Demote {
+            resource: "r0".into()
+        }));
+        assert!(b
+            .apply(admin, 10)
+            .iter()
+            .all(|x| !matches!(x, Action::Promote { .. })));
+        a.apply(replica(false), 20);
+        let acts = b.apply(hb(0, false), 30);
+        assert!(
+            acts.contains(&Action::Promote {
+                resource: "r0".into()
+            }),
+            "alpha in standby: beta is the promoter: {acts:?}"
+        );
+        let acts = a.apply(hb(1, true), 40);
+        assert!(acts.iter().all(|x| !matches!(x, Action::Promote { .. })));
+    }
+
+    #[test]
+    fn a_move_waits_for_an_up_to_date_target() {
+        let mut a = Cluster::new(cfg(0));
+        // Seen first: a Primary without quorum (wait-for-all) would be demoted.
+        a.apply(hb(1, false), 0);
+        a.apply(replica(true), 0);
+        a.apply(
+            Event::PeerDisks {
+                from: 1,
+                up_to_date: vec![],
+            },
+            0,
+        );
+        let mv = Event::Admin {
+            standby: vec![],
+            moves: vec![("r0".into(), 1)],
+        };
+        let acts = a.apply(mv, 10);
+        assert!(
+            acts.iter().all(|x| !matches!(x, Action::Demote { .. })),
+            "beta is not UpToDate: {acts:?}"
+        );
+        let acts = a.apply(
+            Event::PeerDisks {
+                from: 1,
+                up_to_date: vec!["r0".into()],
+            },
+            20,
+        );
+        assert!(acts.contains(&Action::Demote {
+            resource: "r0".into()
+        }));
+        assert_eq!(a.moved_to("r0"), Some(1));
+        assert_eq!(a.primary_of("r0"), Some(0));
+    }
+
+    #[test]
+    fn the_promoter_skips_a_member_that_is_not_up_to_date() {
+        let mut b = Cluster::new(cfg(1));
+        b.apply(replica(false), 0);
+        b.apply(
+            Event::PeerDisks {
+                from: 0,
+                up_to_date: vec![],
+            },
+            0,
+        );
+        let acts = b.apply(hb(0, false), 10);
+        assert!(acts.contains(&Action::Promote {
+            resource: "r0".into()
         }));
     }
 }

@@ -1,15 +1,20 @@
 //! The tandem cluster daemon.
 //!
-//! This crate will hold clusterd: membership by heartbeats, quorum, the fence-then-promote
-//! decision core (pure: events and time in, actions out), resource groups and alerts, and the
-//! `clusterctl` client. It arrives with its own issue, after replication and fencing; so far
-//! [`core`], the pure decision core, exists, and the pieces the daemon will drive:
+//! - [`core`]: the pure decision core (membership, quorum, fence-then-promote, standby and
+//!   moves): events and time in, actions out;
+//! - [`heartbeat`]: the heartbeat datagram, sans-IO;
+//! - [`control`]: the JSON-lines protocol of `<run-dir>/clusterd.sock` spoken by `clusterctl`;
 //! - [`ocf`], [`group`], [`exec`]: OCF resource agents and ordered resource groups, run with
 //!   a timeout that kills the agent's process group;
-//! - [`vip`]: the floating IP, added with gratuitous ARP.
+//! - [`vip`]: the floating IP, added with gratuitous ARP;
+//! - [`daemon`]: the driver: UDP heartbeats, the tick, replicatord's control socket, fencing
+//!   through the `fencing` crate, resource groups, alerts.
 
+pub mod control;
 pub mod core;
+pub mod daemon;
 pub mod exec;
 pub mod group;
+pub mod heartbeat;
 pub mod ocf;
 pub mod vip;

@@ -1,0 +1,51 @@
+//! `clusterd`: tandem's cluster daemon (DESIGN §8). Runs in the foreground beside replicatord.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clusterd::daemon::{self, group::ExportsOnly, Options};
+use clusterd::heartbeat;
+use replicator::config;
+
+/// tandem's cluster daemon: membership by heartbeats, quorum, fence-then-promote.
+#[derive(Parser)]
+#[command(name = "clusterd", version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Which node of the cluster block is this host (default: the hostname).
+    #[arg(long)]
+    node: Option<String>,
+    /// Directory of clusterd's control socket, and of replicatord's.
+    #[arg(long = "run-dir", default_value = "/run/tandem")]
+    run_dir: PathBuf,
+    /// UDP port of the heartbeats, on every address of every node.
+    #[arg(long = "heartbeat-port", default_value_t = heartbeat::DEFAULT_PORT)]
+    heartbeat_port: u16,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = Options {
+        config: cli.config,
+        node: cli.node.unwrap_or_else(replicator::daemon::hostname),
+        run_dir: cli.run_dir,
+        heartbeat_port: cli.heartbeat_port,
+    };
+    match daemon::run(opts, Box::new(ExportsOnly)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clusterd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
