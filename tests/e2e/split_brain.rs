@@ -205,6 +205,18 @@ fn manual_split_brain_recovery() {
             .then_some(())
         },
     );
+    // Give a node left Connecting time to try again: a StandAlone peer refuses before the
+    // handshake and the dialer backs off, so a few attempts at most, not one per millisecond.
+    std::thread::sleep(Duration::from_secs(2));
+    let connections = (0..2)
+        .map(|i| p.log(i).matches("resource: connected ").count())
+        .sum::<usize>();
+    assert!(
+        connections <= 8,
+        "{connections} connections: a split-brain pair must not reconnect in a loop\n{}\n{}",
+        p.log(0),
+        p.log(1)
+    );
     run_ok(&mut p.replctl(1, &["disconnect", "r0"]));
     run_ok(&mut p.replctl(1, &["secondary", "r0"]));
     run_ok(&mut p.replctl(1, &["connect", "--discard-my-data", "r0"]));

@@ -1,5 +1,6 @@
 //! `replicatord`: tandem's node daemon (DESIGN §4). Runs in the foreground; systemd runs it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let opts = Options {
         config: cli.config,

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -33,6 +35,11 @@ const PAIRING_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PENDING_PAIRS: usize = 4;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 256 * 1024;
+/// A dropped connection still sends what was queued, then FIN, and reads (discarding) until
+/// the peer closes too, for at most this long: closing with unread data would make the kernel
+/// send RST, and the peer would lose what we sent last (e.g. the generations that tell it why
+/// we disconnected).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Who we are and whom we expect.
 #[derive(Debug, Clone)]
@@ -177,7 +184,17 @@ async fn handshake(
     };
     let theirs = if socket.is_some() {
         step("send hello", write_packet(stream, &Packet::Hello(ours))).await?;
-        step("read hello", read_packet(stream, buf)).await?
+        step("read hello", read_packet(stream, buf))
+            .await
+            .map_err(|e| {
+                if e.contains("closed") || e.contains("reset") {
+                    "the peer closed the connection before its Hello: it is StandAlone \
+                     (see its status) or still connected to an earlier connection"
+                        .to_string()
+                } else {
+                    e
+                }
+            })?
     } else {
         let theirs = step("read hello", read_packet(stream, buf)).await?;
         if let Packet::Hello(h) = &theirs {
@@ -309,7 +326,16 @@ pub async fn dial(p: &PeerParams) -> Result<Established, String> {
 }
 
 /// Accepts the peer's sockets forever, sending each authenticated pair to `out`.
-pub async fn listen(listener: TcpListener, p: PeerParams, out: mpsc::UnboundedSender<Established>) {
+///
+/// While `accepting` is false (the resource is StandAlone or already connected) a connection
+/// is closed before the handshake, so the dialing peer sees a refusal and backs off instead of
+/// completing a handshake that would be dropped at once.
+pub async fn listen(
+    listener: TcpListener,
+    p: PeerParams,
+    accepting: Arc<AtomicBool>,
+    out: mpsc::UnboundedSender<Established>,
+) {
     let (done_tx, mut done_rx) =
         mpsc::unbounded_channel::<Result<(SocketKind, u64, TcpStream, BytesMut), String>>();
     let mut pending: HashMap<u64, (Instant, TcpStream, BytesMut)> = HashMap::new();
@@ -319,6 +345,10 @@ pub async fn listen(listener: TcpListener, p: PeerParams, out: mpsc::UnboundedSe
                 let Ok((mut stream, from)) = accepted else { continue };
                 if from.ip() != p.peer_addr.ip() {
                     tracing::warn!(resource = %p.resource, %from, "refused a connection from an address that is not the peer's");
+                    continue;
+                }
+                if !accepting.load(Ordering::Relaxed) {
+                    tracing::debug!(resource = %p.resource, %from, "refused the peer: not accepting connections (StandAlone or connected)");
                     continue;
                 }
                 tune(&stream);
@@ -350,12 +380,17 @@ pub async fn listen(listener: TcpListener, p: PeerParams, out: mpsc::UnboundedSe
     }
 }
 
-/// The running connection: queues to its writers and its tasks (aborted on drop).
+/// The running connection: queues to its writers and its tasks.
+///
+/// Dropping it closes the connection gracefully in the background (see [`LINGER`]): the
+/// writers send what is queued and then FIN, the readers discard until the peer closes, and
+/// from then on no task reports anything.
 pub struct Connection {
     /// Packets for the data socket.
     pub data_tx: mpsc::UnboundedSender<Packet>,
     /// Packets for the meta socket.
     pub meta_tx: mpsc::UnboundedSender<Packet>,
+    closing: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -372,8 +407,19 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        // The senders drop right after this, which ends the writers once their queues are out.
+        self.closing.store(true, Ordering::Relaxed);
+        let tasks = std::mem::take(&mut self.tasks);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(LINGER).await;
+                    for t in tasks {
+                        t.abort();
+                    }
+                });
+            }
+            Err(_) => tasks.iter().for_each(JoinHandle::abort),
         }
     }
 }
@@ -382,11 +428,20 @@ fn reader(
     gen: u64,
     mut half: OwnedReadHalf,
     mut buf: BytesMut,
+    closing: Arc<AtomicBool>,
     out: mpsc::UnboundedSender<NetEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match read_packet(&mut half, &mut buf).await {
+            let r = read_packet(&mut half, &mut buf).await;
+            if closing.load(Ordering::Relaxed) {
+                // Draining a dropped connection: discard until the peer closes.
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
+            match r {
                 Ok(packet) => {
                     if out.send(NetEvent::Packet { gen, packet }).is_err() {
                         return;
@@ -411,6 +466,7 @@ fn writer(
     gen: u64,
     mut half: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Packet>,
+    closing: Arc<AtomicBool>,
     out: mpsc::UnboundedSender<NetEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -451,10 +507,15 @@ fn writer(
                 return;
             }
             // Protocol A completes a write once it is in the socket's send buffer.
+            if closing.load(Ordering::Relaxed) {
+                sent.clear();
+            }
             for seq in sent.drain(..) {
                 let _ = out.send(NetEvent::Sent { gen, seq });
             }
         }
+        // The connection was dropped and everything queued is out: FIN.
+        let _ = half.shutdown().await;
     })
 }
 
@@ -474,15 +535,65 @@ pub fn start(gen: u64, est: Established, out: mpsc::UnboundedSender<NetEvent>) -
     let (meta_r, meta_w) = est.meta.0.into_split();
     let (data_tx, data_rx) = mpsc::unbounded_channel();
     let (meta_tx, meta_rx) = mpsc::unbounded_channel();
+    let closing = Arc::new(AtomicBool::new(false));
+    let c = &closing;
     let tasks = vec![
-        reader(gen, data_r, est.data.1, out.clone()),
-        reader(gen, meta_r, est.meta.1, out.clone()),
-        writer(gen, data_w, data_rx, out.clone()),
-        writer(gen, meta_w, meta_rx, out),
+        reader(gen, data_r, est.data.1, c.clone(), out.clone()),
+        reader(gen, meta_r, est.meta.1, c.clone(), out.clone()),
+        writer(gen, data_w, data_rx, c.clone(), out.clone()),
+        writer(gen, meta_w, meta_rx, c.clone(), out),
     ];
     Connection {
         data_tx,
         meta_tx,
+        closing,
         tasks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(local: SocketAddr, peer: SocketAddr, node: &str, peer_node: &str) -> PeerParams {
+        PeerParams {
+            resource: "r0".into(),
+            node: node.into(),
+            peer_node: peer_node.into(),
+            protocol: 2,
+            secret: None,
+            local_addr: local,
+            peer_addr: peer,
+        }
+    }
+
+    /// A listener that is not accepting (StandAlone) closes the connection before the
+    /// handshake, so the dialer fails at once with a reason instead of completing a handshake
+    /// that would be dropped; once accepting, the same dial succeeds.
+    #[tokio::test]
+    async fn a_standalone_listener_refuses_before_the_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let accepting = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(listen(
+            listener,
+            params(server, client, "beta", "alpha"),
+            accepting.clone(),
+            tx,
+        ));
+        let dialer = params(client, server, "alpha", "beta");
+        let err = dial(&dialer).await.err().expect("refused");
+        assert!(err.contains("StandAlone"), "{err}");
+        assert!(rx.try_recv().is_err());
+        accepting.store(true, Ordering::Relaxed);
+        let est = dial(&dialer).await.expect("accepted");
+        let accepted = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the listener hands the pair over")
+            .expect("a pair");
+        drop((est, accepted));
+        task.abort();
     }
 }

@@ -4,6 +4,7 @@
 //! replies.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,7 +129,13 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
     })?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (est_tx, est_rx) = mpsc::unbounded_channel();
-    let listen_task = tokio::spawn(peer::listen(listener, spec.peer.clone(), est_tx));
+    let accepting = Arc::new(AtomicBool::new(false));
+    let listen_task = tokio::spawn(peer::listen(
+        listener,
+        spec.peer.clone(),
+        accepting.clone(),
+        est_tx,
+    ));
     let mut sb = spec.attached.sb;
     let dev = Arc::new(spec.attached.dev);
     let layout = spec.attached.layout;
@@ -210,6 +217,8 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
         backoff: DIAL_BACKOFF_START,
         next_dial: Instant::now(),
         connect_int: spec.connect_int,
+        connected_at: None,
+        accepting,
         handlers: spec.handlers,
         peer: spec.peer,
         tx: tx.clone(),
@@ -243,6 +252,10 @@ struct Task {
     backoff: Duration,
     next_dial: Instant,
     connect_int: Duration,
+    /// When the current connection was established.
+    connected_at: Option<Instant>,
+    /// Whether the listener hands connections to us (shared with it).
+    accepting: Arc<AtomicBool>,
     handlers: Vec<(String, String)>,
     peer: PeerParams,
     tx: mpsc::UnboundedSender<Msg>,
@@ -290,6 +303,10 @@ impl Task {
                 Some(est) = est_rx.recv() => self.established(est),
                 _ = tick.tick() => self.apply(Event::Tick),
             }
+            self.accepting.store(
+                self.node.wants_connection() && self.conn.is_none(),
+                Ordering::Relaxed,
+            );
             self.maybe_dial();
         }
         listen_task.abort();
@@ -315,6 +332,11 @@ impl Task {
                         )));
                         return;
                     }
+                }
+                if matches!(command, Command::Connect { .. }) {
+                    // The admin asks for a connection now: no backoff from earlier failures.
+                    self.backoff = DIAL_BACKOFF_START;
+                    self.next_dial = Instant::now();
                 }
                 let req = self.req();
                 self.cmds.insert(req, reply);
@@ -378,6 +400,7 @@ impl Task {
                 if gen == self.gen && self.conn.is_some() {
                     tracing::warn!(resource = %self.name, peer = %self.peer.peer_node, "connection lost: {reason}");
                     self.conn = None;
+                    self.connection_ended();
                     self.apply(Event::PeerLost { gen, reason });
                 }
             }
@@ -390,11 +413,27 @@ impl Task {
             return; // dropping `est` closes both sockets
         }
         self.gen += 1;
-        self.backoff = DIAL_BACKOFF_START;
+        self.connected_at = Some(Instant::now());
         self.last_dial_error = None;
         tracing::info!(resource = %self.name, peer = %self.peer.peer_node, "connected");
         self.conn = Some(peer::start(self.gen, est, self.net_tx.clone()));
         self.apply(Event::PeerConnected { gen: self.gen });
+    }
+
+    /// A connection ended: one that lasted reconnects soon; one that ended right after it was
+    /// made (the peer found a split brain, or refuses our data) waits longer each time, up to
+    /// connect-int, so two nodes that cannot agree do not reconnect in a tight loop.
+    fn connection_ended(&mut self) {
+        let lasted = self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= self.connect_int);
+        self.backoff = if lasted {
+            DIAL_BACKOFF_START
+        } else {
+            (self.backoff * 2).min(self.connect_int)
+        };
+        self.next_dial = Instant::now() + self.backoff;
     }
 
     fn maybe_dial(&mut self) {
@@ -447,6 +486,7 @@ impl Task {
             }
             Action::DropConnection { reason } => {
                 if self.conn.take().is_some() {
+                    self.connection_ended();
                     tracing::warn!(resource = %self.name, peer = %self.peer.peer_node, "dropping the connection: {reason}");
                 }
             }
