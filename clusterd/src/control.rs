@@ -83,6 +83,8 @@ pub struct ResourceStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// Whether the group (VIPs, OCF agents) is started on this node.
     pub group_started: bool,
+    /// Failed starts and monitors on this node since the last `cleanup`.
+    pub fail_count: u32,
     /// The node `move` asked for, if any.
     pub moved_to: Option<String>,
 }
@@ -221,6 +223,9 @@ pub fn format_status(s: &ClusterStatus) -> String {
         if let Some(m) = &r.moved_to {
             out.push_str(&format!(" (moved to {m})"));
         }
+        if r.fail_count > 0 {
+            out.push_str(&format!(" fail-count:{}", r.fail_count));
+        }
         out.push('\n');
         for rep in &r.replicas {
             out.push_str(&format!("    * {}: {} {}\n", rep.node, rep.role, rep.disk));
@@ -301,6 +306,7 @@ mod tests {
                     disk: "UpToDate".into(),
                 }],
                 group_started: true,
+                fail_count: 0,
                 moved_to: None,
             }],
             fence_events: vec![FenceEvent {

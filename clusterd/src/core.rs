@@ -100,6 +100,14 @@ pub enum Event {
         /// Resources moved to a node.
         moves: Vec<(String, NodeId)>,
     },
+    /// What this node's replica knows of its peer's role over the replication link (fresher
+    /// than the peer's heartbeats): the peer is Primary for `resource`.
+    PeerRole {
+        /// The resource.
+        resource: String,
+        /// The connected peer is Primary.
+        primary: bool,
+    },
     /// A Promote or Demote of `resource` failed; it is retried after [`RETRY_MS`].
     ActionFailed {
         /// The resource.
@@ -185,6 +193,8 @@ struct Replica {
     promoting: bool,
     demoting: bool,
     retry_after_ms: u64,
+    /// The replication link says the peer is Primary.
+    peer_primary: bool,
 }
 
 /// The cluster as one node sees it.
@@ -364,6 +374,11 @@ impl Cluster {
                 self.standby = standby;
                 self.moves = moves.into_iter().collect();
             }
+            Event::PeerRole { resource, primary } => {
+                if let Some(r) = self.replicas.get_mut(&resource) {
+                    r.peer_primary = primary;
+                }
+            }
             Event::ActionFailed { resource } => {
                 if let Some(r) = self.replicas.get_mut(&resource) {
                     r.promoting = false;
@@ -466,10 +481,11 @@ impl Cluster {
             if r.promoting || r.demoting || now < r.retry_after_ms {
                 continue;
             }
-            let someone_else_primary = self
-                .peers
-                .values()
-                .any(|p| !p.lost && p.primary_for.contains(&res));
+            let someone_else_primary = r.peer_primary
+                || self
+                    .peers
+                    .values()
+                    .any(|p| !p.lost && p.primary_for.contains(&res));
             // A lost node that was Primary (or may be) must be confirmed fenced first.
             let unfenced_lost = self
                 .peers
@@ -857,5 +873,31 @@ mod tests {
         assert!(acts.contains(&Action::Promote {
             resource: "r0".into()
         }));
+    }
+
+    #[test]
+    fn the_replication_link_saying_the_peer_is_primary_stops_a_promotion() {
+        // alpha's heartbeat is older than its promotion; beta's replica already knows.
+        let mut b = Cluster::new(cfg(1));
+        b.apply(hb(0, false), 0);
+        b.apply(
+            Event::PeerDisks {
+                from: 0,
+                up_to_date: vec![],
+            },
+            0,
+        );
+        b.apply(
+            Event::PeerRole {
+                resource: "r0".into(),
+                primary: true,
+            },
+            10,
+        );
+        let acts = b.apply(replica(false), 20);
+        assert!(
+            acts.iter().all(|x| !matches!(x, Action::Promote { .. })),
+            "{acts:?}"
+        );
     }
 }

@@ -321,15 +321,49 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
         });
         assert_eq!(s["quorum"], true, "{s}");
         assert!(s["fence-events"].as_array().unwrap().is_empty(), "{s}");
+        assert!(s["failed-actions"].as_array().unwrap().is_empty(), "{s}");
     }
     let text = run_ok(&mut lab.tool(1, "clusterctl", &["status"]));
     assert!(text.contains("partition with quorum"), "{text}");
     assert!(text.contains("* r0: Primary on alpha"), "{text}");
-    // A move to a node that is not UpToDate is refused; to beta (UpToDate) it is accepted
-    // later; here only the refusal of an unknown node is checked.
     let out = run(&mut lab.tool(1, "clusterctl", &["move", "r0", "gamma"]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node gamma"));
+
+    // A clean switchover: move r0 to beta (asked on alpha), then cleanup forgets the move
+    // and r0 stays; standby beta brings it back to alpha; unstandby leaves it there.
+    run_ok(&mut lab.tool(0, "clusterctl", &["move", "r0", "beta"]));
+    for i in 0..2 {
+        let s = lab.wait_cluster(i, "r0 moved to beta", |s| {
+            primary_of_r0(s).as_deref() == Some("beta")
+        });
+        assert!(s["fence-events"].as_array().unwrap().is_empty(), "{s}");
+        assert!(s["failed-actions"].as_array().unwrap().is_empty(), "{s}");
+    }
+    lab.wait_replica(0, "alpha Secondary after the move", |s| {
+        s["role"] == "Secondary"
+    });
+    lab.wait_replica(1, "beta Primary after the move", |s| s["role"] == "Primary");
+    run_ok(&mut lab.tool(1, "clusterctl", &["cleanup", "r0"]));
+    lab.wait_cluster(0, "the move forgotten on alpha", |s| {
+        s["resources"][0]["moved-to"].is_null()
+    });
+    run_ok(&mut lab.tool(1, "clusterctl", &["standby", "beta"]));
+    for i in 0..2 {
+        lab.wait_cluster(i, "r0 back on alpha with beta in standby", |s| {
+            primary_of_r0(s).as_deref() == Some("alpha") && s["nodes"][1]["standby"] == true
+        });
+    }
+    let text = run_ok(&mut lab.tool(0, "clusterctl", &["status"]));
+    assert!(text.contains("* Node beta: standby"), "{text}");
+    run_ok(&mut lab.tool(0, "clusterctl", &["unstandby", "beta"]));
+    lab.wait_cluster(1, "beta out of standby", |s| {
+        s["nodes"][1]["standby"] == false
+    });
+    lab.wait_replica(0, "alpha Primary", |s| s["role"] == "Primary");
+    lab.wait_replica(1, "beta connected and UpToDate", |s| {
+        s["disk"] == "UpToDate" && s["peers"][0]["replication"] == "Established"
+    });
 
     // The power cut: alpha's processes die, its link goes down.
     lab.kill(0);

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use clusterd::daemon::{self, group::ExportsOnly, Options};
+use clusterd::daemon::{self, group::Configured, Options};
 use clusterd::heartbeat;
+use clusterd::ocf::Runner;
 use replicator::config;
 
 /// tandem's cluster daemon: membership by heartbeats, quorum, fence-then-promote.
@@ -41,7 +42,16 @@ fn main() -> ExitCode {
         run_dir: cli.run_dir,
         heartbeat_port: cli.heartbeat_port,
     };
-    match daemon::run(opts, Box::new(ExportsOnly)) {
+    let result = daemon::load(&opts.config).and_then(|config| {
+        let resources = config
+            .cluster
+            .as_ref()
+            .map(|c| c.resources.clone())
+            .unwrap_or_default();
+        let group = Configured::new(&resources, Runner::default()).map_err(anyhow::Error::msg)?;
+        daemon::run(opts, config, Box::new(group))
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clusterd: error: {e:#}");

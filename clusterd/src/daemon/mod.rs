@@ -46,6 +46,10 @@ pub const POLL_MS: u64 = 300;
 pub const PRIORITY_DELAY_MS: u64 = 2000;
 /// Pause before a failed fence attempt is reported (and the next method or round tried).
 const FENCE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often a started group's members are monitored.
+pub const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause before a failed group is started again.
+const RESTART_PAUSE: Duration = Duration::from_secs(2);
 
 /// How clusterd was started.
 #[derive(Debug, Clone)]
@@ -80,22 +84,41 @@ pub enum Msg {
         /// Ok when confirmed.
         result: Result<(), String>,
     },
-    /// A promotion or demotion ended.
+    /// A promotion, demotion or restart ended.
     JobDone {
         /// The resource.
         resource: String,
-        /// promote or demote.
-        promote: bool,
+        /// Which.
+        kind: JobKind,
         /// Ok, or the failed stage and why.
         result: Result<(), (&'static str, String)>,
+    },
+    /// A started group's monitor failed.
+    MonitorFailed {
+        /// The resource.
+        resource: String,
+        /// Which members failed, and why.
+        error: String,
     },
     /// A control request; the answer goes to the sender.
     Control(Request, mpsc::Sender<Response>),
 }
 
-struct Job {
+/// What the worker thread does for a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// replicatord primary, then the group's start.
+    Promote,
+    /// The group's stop, then replicatord secondary.
+    Demote,
+    /// The group's stop and start, after [`RESTART_PAUSE`] (a failed start or monitor).
+    Restart,
+}
+
+/// A job for the worker thread.
+pub struct Job {
     resource: String,
-    promote: bool,
+    kind: JobKind,
 }
 
 #[derive(Default)]
@@ -128,6 +151,7 @@ struct Daemon {
     admin: Admin,
     fence_events: VecDeque<FenceEvent>,
     failed: VecDeque<FailedAction>,
+    fail_counts: BTreeMap<String, u32>,
     group_started: BTreeSet<String>,
     waiters: Vec<FenceWaiter>,
     jobs: mpsc::Sender<Job>,
@@ -184,15 +208,20 @@ pub fn core_config(cluster: &config::Cluster, me: NodeId) -> core::Config {
     }
 }
 
-/// Runs clusterd until it fails.
-pub fn run(opts: Options, group: Box<dyn Group>) -> Result<()> {
-    let config = Config::load(&opts.config).map_err(|e| match e {
+/// Loads and validates the config file, logging its warnings.
+pub fn load(path: &Path) -> Result<Config> {
+    let config = Config::load(path).map_err(|e| match e {
         config::ConfigError::Io { .. } => anyhow::anyhow!("{e} (pass -c FILE)"),
         e => e.into(),
     })?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    Ok(config)
+}
+
+/// Runs clusterd with `config` (loaded from `opts.config`) until it fails.
+pub fn run(opts: Options, config: Config, group: Box<dyn Group>) -> Result<()> {
     let Some(cluster) = config.cluster.clone() else {
         bail!(
             "{} has no 'cluster NAME {{ ... }}' block: nothing for clusterd to do",
@@ -283,6 +312,7 @@ pub fn run(opts: Options, group: Box<dyn Group>) -> Result<()> {
         admin: Admin::default(),
         fence_events: VecDeque::new(),
         failed: VecDeque::new(),
+        fail_counts: BTreeMap::new(),
         group_started: BTreeSet::new(),
         waiters: Vec::new(),
         jobs,
@@ -372,14 +402,14 @@ impl Daemon {
                 tracing::info!(%resource, "promoting: replicatord primary, then the group");
                 let _ = self.jobs.send(Job {
                     resource,
-                    promote: true,
+                    kind: JobKind::Promote,
                 });
             }
             Action::Demote { resource } => {
                 tracing::info!(%resource, "demoting: the group's stop, then replicatord secondary");
                 let _ = self.jobs.send(Job {
                     resource,
-                    promote: false,
+                    kind: JobKind::Demote,
                 });
             }
             Action::Alert { kind, node, desc } => {
@@ -425,43 +455,108 @@ impl Daemon {
             }
             Msg::JobDone {
                 resource,
-                promote,
+                kind,
                 result,
             } => match result {
                 Ok(()) => {
                     tracing::info!(
                         %resource,
                         "{}",
-                        if promote { "promoted and group started" } else { "group stopped and demoted" }
+                        match kind {
+                            JobKind::Promote => "promoted and group started",
+                            JobKind::Demote => "group stopped and demoted",
+                            JobKind::Restart => "group restarted",
+                        }
                     );
-                    if promote {
-                        self.group_started.insert(resource);
-                    } else {
+                    if kind == JobKind::Demote {
                         self.group_started.remove(&resource);
+                    } else {
+                        self.group_started.insert(resource);
                     }
                     self.poll_now();
                 }
                 Err((stage, error)) => {
-                    tracing::error!(%resource, "{stage} failed: {error}");
                     if stage == "stop" || stage == "demote" {
                         self.group_started.remove(&resource);
                     }
-                    if self.failed.len() == control::MAX_FAILED_ACTIONS {
-                        self.failed.pop_front();
-                    }
-                    self.failed.push_back(FailedAction {
-                        time_ms: wall_ms(),
-                        resource: resource.clone(),
-                        action: stage.to_string(),
-                        error,
-                    });
                     if stage == "promote" || stage == "demote" {
+                        self.record_failure(&resource, stage, error);
                         self.apply(Event::ActionFailed { resource });
+                    } else {
+                        self.group_failed(&resource, stage, error);
                     }
                     self.poll_now();
                 }
             },
+            Msg::MonitorFailed { resource, error } => {
+                self.group_failed(&resource, "monitor", error);
+            }
             Msg::Control(req, reply) => self.control(req, reply),
+        }
+    }
+
+    fn record_failure(&mut self, resource: &str, action: &'static str, error: String) {
+        tracing::error!(%resource, "{action} failed: {error}");
+        if self.failed.len() == control::MAX_FAILED_ACTIONS {
+            self.failed.pop_front();
+        }
+        self.failed.push_back(FailedAction {
+            time_ms: wall_ms(),
+            resource: resource.to_string(),
+            action: action.to_string(),
+            error: error.clone(),
+        });
+        let me = self.name(self.me).to_string();
+        run_alerts(
+            &self.cluster.alerts,
+            "resource",
+            &me,
+            &format!("{resource}: {action} failed: {error}"),
+        );
+    }
+
+    /// A group's start or monitor failed: restart it here, or once `migration-threshold`
+    /// failures are reached, move the resource to another node that can take it.
+    fn group_failed(&mut self, resource: &str, action: &'static str, error: String) {
+        self.record_failure(resource, action, error);
+        let count = {
+            let c = self.fail_counts.entry(resource.to_string()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let threshold = self
+            .cluster
+            .resources
+            .iter()
+            .find(|r| r.name == resource)
+            .map_or(u32::MAX, |r| r.migration_threshold);
+        if count >= threshold {
+            let target = (0..self.cluster.nodes.len()).find(|&n| {
+                n != self.me && !self.core.is_standby(n) && self.up_to_date(n, resource)
+            });
+            if let Some(n) = target {
+                let name = self.name(n).to_string();
+                tracing::warn!(
+                    %resource,
+                    "{count} failures reach migration-threshold {threshold}: moving to {name}"
+                );
+                let id = u16::try_from(n).expect("small");
+                self.change_admin(|a| {
+                    a.moves.retain(|(r, _)| r != resource);
+                    a.moves.push((resource.to_string(), id));
+                });
+                return;
+            }
+            tracing::warn!(
+                %resource,
+                "{count} failures reach migration-threshold {threshold}, but no other node can take it; restarting here"
+            );
+        }
+        if self.core.primary_of(resource) == Some(self.me) {
+            let _ = self.jobs.send(Job {
+                resource: resource.to_string(),
+                kind: JobKind::Restart,
+            });
         }
     }
 
@@ -495,12 +590,13 @@ impl Daemon {
             || (hb.admin.epoch == self.admin.epoch && hb.admin != self.admin && from < self.me);
         let admin = newer.then(|| hb.admin.clone());
         info.last = Some(hb);
+        // Disks first: the heartbeat's decisions (who promotes) use them.
+        self.apply(Event::PeerDisks { from, up_to_date });
         self.apply(Event::Heartbeat {
             from,
             link,
             primary_for,
         });
-        self.apply(Event::PeerDisks { from, up_to_date });
         if let Some(admin) = admin {
             tracing::info!(
                 "admin state epoch {} from {}: standby {:?}, moves {:?}",
@@ -547,19 +643,23 @@ impl Daemon {
                 self.replicas.clear();
             }
         }
-        let events: Vec<Event> = self
-            .cluster
-            .resources
-            .iter()
-            .map(|r| {
-                let s = self.replicas.get(&r.name);
-                Event::Replica {
-                    resource: r.name.clone(),
-                    primary: s.is_some_and(|s| s.role == "Primary"),
-                    up_to_date: s.is_some_and(|s| s.disk == "UpToDate"),
-                }
-            })
-            .collect();
+        let mut events = Vec::new();
+        for r in &self.cluster.resources {
+            let s = self.replicas.get(&r.name);
+            events.push(Event::PeerRole {
+                resource: r.name.clone(),
+                primary: s.is_some_and(|s| {
+                    s.peers
+                        .iter()
+                        .any(|p| p.connection == "Connected" && p.peer_role == "Primary")
+                }),
+            });
+            events.push(Event::Replica {
+                resource: r.name.clone(),
+                primary: s.is_some_and(|s| s.role == "Primary"),
+                up_to_date: s.is_some_and(|s| s.disk == "UpToDate"),
+            });
+        }
         for e in events {
             self.apply(e);
         }
@@ -717,6 +817,7 @@ impl Daemon {
             Request::Cleanup { resource } => self.resource(&resource).map(|_| ()).map(|()| {
                 tracing::info!(%resource, "cleanup: failed actions and the move forgotten");
                 self.failed.retain(|f| f.resource != resource);
+                self.fail_counts.remove(&resource);
                 if self.admin.moves.iter().any(|(r, _)| *r == resource) {
                     self.change_admin(|a| a.moves.retain(|(r, _)| *r != resource));
                 }
@@ -873,6 +974,7 @@ impl Daemon {
                         .map(|n| self.name(n).to_string()),
                     replicas,
                     group_started: self.group_started.contains(&r.name),
+                    fail_count: self.fail_counts.get(&r.name).copied().unwrap_or(0),
                     moved_to: self
                         .core
                         .moved_to(&r.name)
@@ -960,23 +1062,62 @@ fn spawn_worker(
 ) -> mpsc::Sender<Job> {
     let (jobs, rx) = mpsc::channel::<Job>();
     std::thread::spawn(move || {
-        for job in rx {
+        let mut started: BTreeSet<String> = BTreeSet::new();
+        let mut next_monitor = Instant::now() + MONITOR_INTERVAL;
+        loop {
+            let wait = next_monitor.saturating_duration_since(Instant::now());
+            let job = match rx.recv_timeout(wait) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let to_check: Vec<&ClusterResource> = resources
+                        .iter()
+                        .filter(|r| started.contains(&r.name))
+                        .collect();
+                    for r in to_check {
+                        if let Err(error) = group.monitor(r) {
+                            started.remove(&r.name);
+                            let failed = Msg::MonitorFailed {
+                                resource: r.name.clone(),
+                                error,
+                            };
+                            if tx.send(failed).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    next_monitor = Instant::now() + MONITOR_INTERVAL;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let Some(r) = resources.iter().find(|r| r.name == job.resource) else {
                 continue;
             };
-            let result = if job.promote {
-                replicatord::primary(&run_dir, &r.name)
+            let result = match job.kind {
+                JobKind::Promote => replicatord::primary(&run_dir, &r.name)
                     .map_err(|e| ("promote", format!("replicatord primary {}: {e}", r.name)))
-                    .and_then(|()| group.start(r).map_err(|e| ("start", e)))
-            } else {
-                let stopped = group.stop(r).map_err(|e| ("stop", e));
-                replicatord::secondary(&run_dir, &r.name)
-                    .map_err(|e| ("demote", format!("replicatord secondary {}: {e}", r.name)))
-                    .and(stopped)
+                    .and_then(|()| group.start(r).map_err(|e| ("start", e))),
+                JobKind::Demote => {
+                    let stopped = group.stop(r).map_err(|e| ("stop", e));
+                    started.remove(&r.name);
+                    replicatord::secondary(&run_dir, &r.name)
+                        .map_err(|e| ("demote", format!("replicatord secondary {}: {e}", r.name)))
+                        .and(stopped)
+                }
+                JobKind::Restart => {
+                    std::thread::sleep(RESTART_PAUSE);
+                    group
+                        .stop(r)
+                        .map_err(|e| ("stop", e))
+                        .and_then(|()| group.start(r).map_err(|e| ("start", e)))
+                }
             };
+            if result.is_ok() && job.kind != JobKind::Demote {
+                started.insert(r.name.clone());
+            }
             let done = Msg::JobDone {
                 resource: job.resource,
-                promote: job.promote,
+                kind: job.kind,
                 result,
             };
             if tx.send(done).is_err() {
