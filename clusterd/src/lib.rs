@@ -7,9 +7,11 @@
 //! - [`ocf`], [`group`], [`exec`]: OCF resource agents and ordered resource groups, run with
 //!   a timeout that kills the agent's process group;
 //! - [`vip`]: the floating IP, added with gratuitous ARP;
+//! - [`alert`]: Pacemaker alert agents run with Pacemaker's environment;
 //! - [`daemon`]: the driver: UDP heartbeats, the tick, replicatord's control socket, fencing
 //!   through the `fencing` crate, resource groups, alerts.
 
+pub mod alert;
 pub mod control;
 pub mod core;
 pub mod daemon;
