@@ -4,11 +4,11 @@
 //! second path, so the multipath tests run too) against our target and against tgt's `tgtd`
 //! serving the same kind of file in the same test, with a floor on our pass count. Every process is owned by a guard, so a failing test cleans up.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tandem_tests::tgtd::Tgtd;
-use tandem_tests::{bin, free_port, run, run_ok, tool, wait_for, ChildGuard};
+use tandem_tests::{bin, free_port, run, run_ok, tool, wait_for, LoggedDaemon};
 
 const MIB: u64 = 1 << 20;
 /// Upper bound for a server to come up.
@@ -24,8 +24,9 @@ const TARGET_SECRET: &str = "target-secret-12";
 
 /// A running targetd serving one sparse file over iSCSI.
 struct Targetd {
-    dir: tempfile::TempDir,
-    child: Option<ChildGuard>,
+    // Before `dir`, so that targetd is killed (and its log read) before the folder goes.
+    daemon: LoggedDaemon,
+    _dir: tempfile::TempDir,
     port: u16,
 }
 
@@ -34,22 +35,19 @@ impl Targetd {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = tandem_tests::sparse_file(dir.path(), name, size);
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("targetd.log")).expect("log file");
-        let child = Command::new(bin("targetd"))
-            .arg("--run-dir")
-            .arg(dir.path().join("run"))
-            .arg("--iscsi")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(flags)
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start targetd");
+        let daemon = LoggedDaemon::spawn(
+            Command::new(bin("targetd"))
+                .arg("--run-dir")
+                .arg(dir.path().join("run"))
+                .arg("--iscsi")
+                .arg(format!("127.0.0.1:{port}"))
+                .args(flags)
+                .arg(&path),
+            &dir.path().join("targetd.log"),
+        );
         let t = Targetd {
-            dir,
-            child: Some(ChildGuard(child)),
+            daemon,
+            _dir: dir,
             port,
         };
         wait_for("targetd to listen for iSCSI", STARTUP, || {
@@ -75,16 +73,7 @@ impl Targetd {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("targetd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Targetd {
-    fn drop(&mut self) {
-        self.child.take();
-        if std::thread::panicking() {
-            eprintln!("targetd log:\n{}", self.log());
-        }
+        self.daemon.log()
     }
 }
 

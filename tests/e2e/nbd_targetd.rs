@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tandem_tests::{
-    bin, free_port, pattern, run, run_fails, run_ok, tool, wait_for, ChildGuard, LoopDevice,
+    bin, free_port, pattern, run, run_fails, run_ok, tool, wait_for, ChildGuard, LoggedDaemon,
+    LoopDevice,
 };
 
 const MIB: u64 = 1 << 20;
@@ -19,9 +20,9 @@ const STARTUP: Duration = Duration::from_secs(20);
 
 /// A running targetd serving files from its own temporary directory.
 struct Targetd {
-    // Declared first so that it is dropped last, after the server it points into is killed.
+    // Before `dir`, so that targetd is killed (and its log read) before the folder goes.
+    _daemon: LoggedDaemon,
     dir: tempfile::TempDir,
-    child: Option<ChildGuard>,
     socket: PathBuf,
     port: u16,
 }
@@ -46,22 +47,19 @@ impl Targetd {
     fn serve(dir: tempfile::TempDir, flags: &[&str], paths: &[PathBuf]) -> Targetd {
         let port = free_port();
         let run_dir = dir.path().join("run");
-        let log = std::fs::File::create(dir.path().join("targetd.log")).expect("log file");
-        let child = Command::new(bin("targetd"))
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .arg("--nbd")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(flags)
-            .args(paths)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start targetd");
+        let daemon = LoggedDaemon::spawn(
+            Command::new(bin("targetd"))
+                .arg("--run-dir")
+                .arg(&run_dir)
+                .arg("--nbd")
+                .arg(format!("127.0.0.1:{port}"))
+                .args(flags)
+                .args(paths),
+            &dir.path().join("targetd.log"),
+        );
         let t = Targetd {
+            _daemon: daemon,
             dir,
-            child: Some(ChildGuard(child)),
             socket: run_dir.join("nbd.sock"),
             port,
         };
@@ -83,19 +81,6 @@ impl Targetd {
 
     fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("targetd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Targetd {
-    fn drop(&mut self) {
-        self.child.take();
-        if std::thread::panicking() {
-            eprintln!("targetd log:\n{}", self.log());
-        }
     }
 }
 

@@ -5,10 +5,10 @@
 //! nothing; `replctl dump` prints the block back as a fixed point.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use tandem_tests::{bin, free_port, run, run_fails, run_ok, tool, wait_for, ChildGuard};
+use tandem_tests::{bin, free_port, run, run_fails, run_ok, tool, wait_for, LoggedDaemon};
 
 const MIB: u64 = 1 << 20;
 /// Upper bound for targetd to come up.
@@ -28,8 +28,9 @@ include \"tandem.d/*.conf\";
 /// targetd started with only `-c` and `--run-dir`, serving `sbd` (8 MiB) and `data`
 /// (16 MiB, read-only) from its config.
 struct Targetd {
+    // Before `dir`, so that targetd is killed (and its log read) before the folder goes.
+    daemon: LoggedDaemon,
     dir: tempfile::TempDir,
-    child: Option<ChildGuard>,
     nbd_port: u16,
     iscsi_port: u16,
 }
@@ -49,20 +50,17 @@ impl Targetd {
                 tandem_tests::sparse_file(dir.path(), "data.img", 16 * MIB).display(),
             ),
         );
-        let log = std::fs::File::create(dir.path().join("targetd.log")).expect("log file");
-        let child = Command::new(bin("targetd"))
-            .arg("-c")
-            .arg(&conf)
-            .arg("--run-dir")
-            .arg(dir.path().join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start targetd");
+        let daemon = LoggedDaemon::spawn(
+            Command::new(bin("targetd"))
+                .arg("-c")
+                .arg(&conf)
+                .arg("--run-dir")
+                .arg(dir.path().join("run")),
+            &dir.path().join("targetd.log"),
+        );
         let t = Targetd {
+            daemon,
             dir,
-            child: Some(ChildGuard(child)),
             nbd_port,
             iscsi_port,
         };
@@ -81,19 +79,6 @@ impl Targetd {
             "iscsi://{auth}127.0.0.1:{}/iqn.2026-11.org.tandem:{name}/0",
             self.iscsi_port
         )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("targetd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Targetd {
-    fn drop(&mut self) {
-        self.child.take();
-        if std::thread::panicking() {
-            eprintln!("targetd log:\n{}", self.log());
-        }
     }
 }
 
@@ -160,7 +145,7 @@ fn chap_from_the_config_refuses_a_wrong_secret() {
             + &String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Authentication failure"), "{creds:?}: {text}");
     }
-    let log = t.log();
+    let log = t.daemon.log();
     assert!(
         log.contains("CHAP authentication of user \"alice\" failed"),
         "{log}"

@@ -190,6 +190,45 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A daemon whose stderr goes to a log file: killed on drop, and its log printed when the test
+/// is failing, so the failure shows what the daemon said.
+pub struct LoggedDaemon {
+    child: Option<ChildGuard>,
+    log: PathBuf,
+}
+
+impl LoggedDaemon {
+    /// Spawns `cmd` with stdin and stdout closed and stderr written to `log`.
+    pub fn spawn(cmd: &mut Command, log: &Path) -> LoggedDaemon {
+        let file = std::fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        LoggedDaemon {
+            child: Some(ChildGuard(child)),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LoggedDaemon {
+    fn drop(&mut self) {
+        self.child.take();
+        if std::thread::panicking() {
+            eprintln!("{} log:\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`; panics with `what`.
 pub fn wait_for<T>(
     what: &str,
