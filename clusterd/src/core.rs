@@ -169,6 +169,8 @@ struct Peer {
     fence_count: u64,
     /// Its UpToDate resources, once it told us.
     up_to_date: Option<Vec<String>>,
+    /// Rounds of every fence method failing since it was lost.
+    failed_rounds: u32,
 }
 
 /// How this node sees a peer, for status.
@@ -182,7 +184,7 @@ pub enum PeerState {
     Fencing,
     /// Lost and confirmed fenced.
     Fenced,
-    /// Fenced on request while still sending heartbeats, or fencing on request.
+    /// Being fenced on request (the fence-peer handler) while it still sends heartbeats.
     Lost,
 }
 
@@ -270,7 +272,8 @@ impl Cluster {
             } else {
                 PeerState::Unseen
             }
-        } else if p.lost && p.fenced {
+        } else if p.fenced {
+            // Lost and fenced, or fenced on request and not heard from since.
             PeerState::Fenced
         } else if p.lost {
             PeerState::Fencing
@@ -332,6 +335,7 @@ impl Cluster {
                     p.fenced = false;
                     p.fencing = None;
                     p.fence_after_ms = None;
+                    p.failed_rounds = 0;
                 }
                 if back {
                     self.out.push(Action::Alert {
@@ -407,6 +411,7 @@ impl Cluster {
             p.fenced = true;
             p.fence_requested = false;
             p.fence_count += 1;
+            p.failed_rounds = 0;
             self.out.push(Action::Alert {
                 kind: "fencing",
                 node: name,
@@ -422,6 +427,7 @@ impl Cluster {
             // Every method failed: try again from the first (the node must not come back
             // unfenced while we would promote).
             p.fencing = Some(0);
+            p.failed_rounds += 1;
             self.out.push(Action::Alert {
                 kind: "fencing",
                 node: name,
@@ -491,8 +497,15 @@ impl Cluster {
                 .peers
                 .values()
                 .any(|p| (p.lost || p.fence_requested) && !p.fenced);
+            // Two nodes: the Primary's node keeps its Primary while it fences the lost other
+            // (it fences at once and wins the race; nobody can promote before its fence is
+            // confirmed), until a whole round of fence methods has failed.
+            let fencing_the_other = self.cfg.two_node
+                && self.peers.values().all(|p| {
+                    !p.lost || p.fenced || (p.failed_rounds == 0 && p.fence_after_ms.is_some())
+                });
             if r.primary {
-                let why = if !quorum {
+                let why = if !quorum && !fencing_the_other {
                     Some("lost quorum".to_string())
                 } else if self.standby.contains(&me) {
                     Some("node in standby".to_string())
@@ -680,11 +693,10 @@ mod tests {
             "the Primary's node fences at once: {acts:?}"
         );
         assert!(
-            acts.contains(&Action::Demote {
-                resource: "r0".into()
-            }),
-            "without quorum it may not keep serving: {acts:?}"
+            !acts.iter().any(|x| matches!(x, Action::Demote { .. })),
+            "two nodes: it keeps its Primary while it fences the other: {acts:?}"
         );
+        assert!(!a.has_quorum());
         let acts = a.apply(
             Event::FenceResult {
                 node: 1,
@@ -694,7 +706,7 @@ mod tests {
             1600,
         );
         assert!(a.has_quorum());
-        let _ = acts;
+        assert!(acts.iter().all(|x| !matches!(x, Action::Demote { .. })));
         let mut b = Cluster::new(cfg(1));
         b.apply(replica(false), 0);
         b.apply(hb(0, true), 0);
@@ -899,5 +911,28 @@ mod tests {
             acts.iter().all(|x| !matches!(x, Action::Promote { .. })),
             "{acts:?}"
         );
+    }
+
+    #[test]
+    fn a_primary_whose_fencing_fails_a_whole_round_demotes() {
+        let mut a = Cluster::new(cfg(0));
+        a.apply(hb(1, false), 0);
+        a.apply(replica(true), 0);
+        a.apply(Event::Tick, 1500);
+        let fail = |m| Event::FenceResult {
+            node: 1,
+            method: m,
+            ok: false,
+        };
+        let acts = a.apply(fail(0), 1600);
+        assert!(!acts.iter().any(|x| matches!(x, Action::Demote { .. })));
+        let acts = a.apply(fail(1), 1700);
+        assert!(
+            acts.contains(&Action::Demote {
+                resource: "r0".into()
+            }),
+            "isolated, it cannot fence: stop serving: {acts:?}"
+        );
+        assert!(acts.contains(&Action::Fence { node: 1, method: 0 }));
     }
 }

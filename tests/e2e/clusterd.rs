@@ -253,6 +253,18 @@ cluster t{id} {{
         wait_for(what, WAIT, || self.cluster(i).filter(|s| f(s)))
     }
 
+    /// Isolates the switch's ports from each other (bridge port isolation): the nodes no
+    /// longer reach each other, but each still reaches the switch's own address (SNMP).
+    fn partition(&self) {
+        for port in ["swp1", "swp2"] {
+            run_ok(
+                self.switch
+                    .cmd(tool("bridge", "iproute2"))
+                    .args(["link", "set", "dev", port, "isolated", "on"]),
+            );
+        }
+    }
+
     fn port_admin_up(&self, port: &str) -> bool {
         let out = run_ok(self.switch.cmd("ip").args(["link", "show", port]));
         let flags = out
@@ -287,9 +299,9 @@ fn primary_of_r0(status: &serde_json::Value) -> Option<String> {
         .map(str::to_string)
 }
 
-#[test]
-fn healthy_pair_then_pulled_plug_fences_then_promotes() {
-    let mut lab = Lab::new(41);
+/// Starts replicatord and clusterd on both nodes, `primary --force` on alpha, and waits for the
+/// initial sync.
+fn healthy(lab: &mut Lab) {
     for i in 0..2 {
         lab.spawn(i, "replicatord", "replicatord.sock");
     }
@@ -315,6 +327,12 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
     lab.wait_replica(1, "beta UpToDate after the initial sync", |s| {
         s["disk"] == "UpToDate" && s["peers"][0]["replication"] == "Established"
     });
+}
+
+#[test]
+fn healthy_pair_then_pulled_plug_fences_then_promotes() {
+    let mut lab = Lab::new(41);
+    healthy(&mut lab);
     for i in 0..2 {
         let s = lab.wait_cluster(i, "r0 Primary on alpha in clusterctl status", |s| {
             primary_of_r0(s).as_deref() == Some("alpha")
@@ -332,6 +350,9 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
 
     // A clean switchover: move r0 to beta (asked on alpha), then cleanup forgets the move
     // and r0 stays; standby beta brings it back to alpha; unstandby leaves it there.
+    lab.wait_cluster(0, "alpha to see beta's replica UpToDate", |s| {
+        s["resources"][0]["replicas"][1]["disk"] == "UpToDate"
+    });
     run_ok(&mut lab.tool(0, "clusterctl", &["move", "r0", "beta"]));
     for i in 0..2 {
         let s = lab.wait_cluster(i, "r0 moved to beta", |s| {
@@ -391,4 +412,55 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
     assert!(text.contains("* Node alpha: fenced"), "{text}");
     assert!(text.contains("off of alpha by ifmib: ok"), "{text}");
     let _ = lab.path();
+}
+
+#[test]
+fn partition_the_primary_fences_the_other_through_the_fence_peer_handler() {
+    let mut lab = Lab::new(42);
+    healthy(&mut lab);
+    for i in 0..2 {
+        lab.wait_cluster(i, "r0 Primary on alpha", |s| {
+            primary_of_r0(s).as_deref() == Some("alpha")
+        });
+    }
+    lab.partition();
+    // alpha's replicatord loses beta, freezes IO and runs `clusterctl fence-peer`; alpha's
+    // clusterd fences beta at once (it holds the Primary), beta waits its priority delay and
+    // by then cannot reach the switch any more.
+    let s = lab.wait_cluster(0, "alpha to fence beta", |s| {
+        node_state(s, "beta") == "fenced"
+    });
+    assert!(
+        s["fence-events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["node"] == "beta" && f["method"] == "ifmib" && f["result"] == "ok"),
+        "{s}"
+    );
+    assert!(
+        !lab.port_admin_up("swp2"),
+        "alpha's fence set beta's port down"
+    );
+    assert!(lab.port_admin_up("swp1"), "alpha was not fenced");
+    wait_for(
+        "alpha's replicatord to run the fence-peer handler (exit 7)",
+        WAIT,
+        || {
+            std::fs::read_to_string(lab.path().join("alpha-replicatord.log"))
+                .ok()
+                .filter(|log| log.contains("fence-peer exit 7"))
+        },
+    );
+    lab.wait_replica(0, "alpha Primary with IO resumed", |s| {
+        s["role"] == "Primary" && s["io-suspended"] == false
+    });
+    // Exactly one Primary: beta's clusterd, without quorum, promotes nothing.
+    let b = lab.cluster(1).expect("beta's clusterctl answers");
+    assert_eq!(b["quorum"], false, "{b}");
+    assert_ne!(primary_of_r0(&b).as_deref(), Some("beta"), "{b}");
+    assert_eq!(lab.replica(1).unwrap()["role"], "Secondary");
+    let a = lab.cluster(0).unwrap();
+    assert_eq!(primary_of_r0(&a).as_deref(), Some("alpha"), "{a}");
+    assert_eq!(a["quorum"], true, "{a}");
 }

@@ -773,12 +773,23 @@ impl Daemon {
                 .get(resource)
                 .is_some_and(|s| s.disk == "UpToDate");
         }
-        self.core.peer_state(node) == Some(PeerState::Online)
-            && self.peers[node].last.as_ref().is_some_and(|hb| {
-                hb.resources
-                    .iter()
-                    .any(|r| r.name == resource && r.up_to_date)
-            })
+        if self.core.peer_state(node) != Some(PeerState::Online) {
+            return false;
+        }
+        // The peer's heartbeat says so, or this node's replica, connected to it, does (the
+        // fresher of the two after a resync).
+        let by_heartbeat = self.peers[node].last.as_ref().is_some_and(|hb| {
+            hb.resources
+                .iter()
+                .any(|r| r.name == resource && r.up_to_date)
+        });
+        let name = self.name(node);
+        let by_replica = self.replicas.get(resource).is_some_and(|s| {
+            s.peers
+                .iter()
+                .any(|p| p.name == name && p.connection == "Connected" && p.peer_disk == "UpToDate")
+        });
+        by_heartbeat || by_replica
     }
 
     fn change_admin(&mut self, f: impl FnOnce(&mut Admin)) {
