@@ -133,6 +133,17 @@ impl Lab {
             bin("clusterctl").display(),
             dir.path().display()
         );
+        // An alert agent recording what Pacemaker's alert environment says.
+        let alert = dir.path().join("alert.sh");
+        std::fs::write(
+            &alert,
+            format!(
+                "#!/bin/sh\necho \"$CRM_alert_kind $CRM_alert_node $CRM_alert_task $CRM_alert_rc $CRM_alert_rsc\" >> {}/alerts.txt\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write alert.sh");
+        run_ok(Command::new("chmod").arg("755").arg(&alert));
         let config = dir.path().join("tandem.conf");
         std::fs::write(
             &config,
@@ -151,6 +162,7 @@ cluster t{id} {{
     quorum {{ two-node yes; }}
     token 1000;
     resource r0 {{ export nbd; }}
+    alert \"{}\";
 }}\n",
                 disks[0].display(),
                 ips[0],
@@ -158,6 +170,7 @@ cluster t{id} {{
                 ips[1],
                 ips[0],
                 ips[1],
+                alert.display(),
             ),
         )
         .expect("write config");
@@ -410,6 +423,22 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
     lab.wait_replica(1, "beta's replicatord Primary", |s| s["role"] == "Primary");
     let text = run_ok(&mut lab.tool(1, "clusterctl", &["status"]));
     assert!(text.contains("* Node alpha: fenced"), "{text}");
+    // The alert agent ran with Pacemaker's environment for each step.
+    let alerts = wait_for("the alerts of the failover", WAIT, || {
+        std::fs::read_to_string(lab.path().join("alerts.txt"))
+            .ok()
+            .filter(|a| a.contains("resource beta promote 0 r0"))
+    });
+    for line in [
+        "node alpha",
+        "fencing alpha off 0",
+        "resource beta promote 0 r0",
+    ] {
+        assert!(
+            alerts.lines().any(|l| l.starts_with(line)),
+            "{line}: {alerts}"
+        );
+    }
     assert!(text.contains("off of alpha by ifmib: ok"), "{text}");
     let _ = lab.path();
 }

@@ -28,6 +28,7 @@ use anyhow::{bail, Context, Result};
 use replicator::config::{self, ClusterResource, Config, FenceMethod};
 use replicator::control::ResourceStatus as ReplicaState;
 
+use crate::alert::{exec_status, AlertEvent, Alerter};
 use crate::control::{
     self, ClusterStatus, FailedAction, FenceEvent, NodeStatus, ReplicaStatus, Request,
     ResourceStatus, Response,
@@ -152,6 +153,7 @@ struct Daemon {
     fence_events: VecDeque<FenceEvent>,
     failed: VecDeque<FailedAction>,
     fail_counts: BTreeMap<String, u32>,
+    alerter: Alerter,
     group_started: BTreeSet<String>,
     waiters: Vec<FenceWaiter>,
     jobs: mpsc::Sender<Job>,
@@ -313,6 +315,7 @@ pub fn run(opts: Options, config: Config, group: Box<dyn Group>) -> Result<()> {
         fence_events: VecDeque::new(),
         failed: VecDeque::new(),
         fail_counts: BTreeMap::new(),
+        alerter: Alerter::new(&cluster.alerts),
         group_started: BTreeSet::new(),
         waiters: Vec::new(),
         jobs,
@@ -414,7 +417,22 @@ impl Daemon {
             }
             Action::Alert { kind, node, desc } => {
                 tracing::info!(kind, %node, "{desc}");
-                run_alerts(&self.cluster.alerts, kind, &node, &desc);
+                // Resource alerts go out when the promotion or demotion has ended, with its
+                // outcome; node and fencing alerts now.
+                let event = match kind {
+                    "node" => {
+                        let id = self.node_id(&node).ok().and_then(|n| u32::try_from(n).ok());
+                        Some(AlertEvent::node(&node, id.unwrap_or(0), desc == "member"))
+                    }
+                    "fencing" => {
+                        let rc = i32::from(!desc.starts_with("fenced"));
+                        Some(AlertEvent::fencing(&node, "off", rc, &desc))
+                    }
+                    _ => None,
+                };
+                if let Some(e) = event {
+                    self.alert(&e);
+                }
             }
         }
     }
@@ -468,6 +486,12 @@ impl Daemon {
                             JobKind::Restart => "group restarted",
                         }
                     );
+                    let task = match kind {
+                        JobKind::Promote => "promote",
+                        JobKind::Demote => "demote",
+                        JobKind::Restart => "start",
+                    };
+                    self.resource_alert(&resource, task, 0, 0);
                     if kind == JobKind::Demote {
                         self.group_started.remove(&resource);
                     } else {
@@ -506,13 +530,33 @@ impl Daemon {
             action: action.to_string(),
             error: error.clone(),
         });
+        let interval_ms = if action == "monitor" {
+            u64::try_from(MONITOR_INTERVAL.as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        self.resource_alert(resource, action, interval_ms, 1);
+    }
+
+    /// Pacemaker's resource alert for `task` on this node, `rc` the OCF answer (0 ok).
+    fn resource_alert(&mut self, resource: &str, task: &str, interval_ms: u64, rc: i32) {
         let me = self.name(self.me).to_string();
-        run_alerts(
-            &self.cluster.alerts,
-            "resource",
+        let event = AlertEvent::resource(
+            resource,
             &me,
-            &format!("{resource}: {action} failed: {error}"),
+            task,
+            interval_ms,
+            exec_status::DONE,
+            rc,
+            0,
         );
+        self.alert(&event);
+    }
+
+    fn alert(&mut self, event: &AlertEvent) {
+        if let Err(e) = self.alerter.send(event) {
+            tracing::warn!("alert not sent: {e}");
+        }
     }
 
     /// A group's start or monitor failed: restart it here, or once `migration-threshold`
@@ -1176,42 +1220,6 @@ fn serve_client(conn: UnixStream, tx: &mpsc::Sender<Msg>) {
         if write.write_all(text.as_bytes()).is_err() {
             return;
         }
-    }
-}
-
-/// Runs every alert program with Pacemaker's alert environment, in the background.
-fn run_alerts(programs: &[String], kind: &str, node: &str, desc: &str) {
-    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let timestamp = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
-    // "r0: promoting" names its resource first.
-    let (rsc, task) = match desc.split_once(": ") {
-        Some((r, t)) if kind == "resource" => (r.to_string(), t.to_string()),
-        _ => (String::new(), desc.to_string()),
-    };
-    for program in programs {
-        let mut c = std::process::Command::new(program);
-        c.env("CRM_alert_kind", kind)
-            .env("CRM_alert_node", node)
-            .env("CRM_alert_desc", desc)
-            .env("CRM_alert_task", &task)
-            .env("CRM_alert_rsc", &rsc)
-            .env("CRM_alert_rc", "0")
-            .env("CRM_alert_status", "0")
-            .env("CRM_alert_timestamp", &timestamp)
-            .env("CRM_alert_node_sequence", seq.to_string())
-            .env("CRM_alert_recipient", "")
-            .env("CRM_alert_version", "tandem")
-            .stdin(std::process::Stdio::null());
-        let program = program.clone();
-        std::thread::spawn(move || match c.status() {
-            Ok(st) if st.success() => {}
-            Ok(st) => tracing::warn!("alert program {program} exited with {st}"),
-            Err(e) => tracing::warn!("cannot run alert program {program}: {e}"),
-        });
     }
 }
 
