@@ -3,7 +3,8 @@
 //! not fed, as a hardware watchdog resets a machine. A `reset` written from outside (by
 //! `fencectl` or by ClusterLabs `sbd`), or the disk going away, kills the node; `exit` stops the
 //! watcher cleanly and the node lives on; `test` is acknowledged. The same over iSCSI (libiscsi,
-//! CHAP) against tgtd, including the storage going away.
+//! CHAP) against the storage node's `targetd` (configured by its config file, as DESIGN §1 has
+//! it) and against tgtd, the reference target, including the storage going away.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use tandem_tests::tgtd::Tgtd;
 use tandem_tests::{
-    bin, run_fails, run_ok, run_with_stdin, sparse_file, tool, wait_for, ChildGuard, LoopDevice,
-    Netns,
+    bin, run_fails, run_ok, run_with_stdin, sparse_file, tool, wait_for, ChildGuard, LoggedDaemon,
+    LoopDevice, Netns,
 };
 
 /// Watchdog 1 s, loop 1 s, msgwait 3 s: with a 1 s I/O timeout the watcher's rule
@@ -405,48 +406,95 @@ fn fence_tandem_sbd_reboot_resets_the_node() {
     );
 }
 
-// --- SBD over iSCSI (libiscsi, no kernel initiator), against tgtd ---
+// --- SBD over iSCSI (libiscsi, no kernel initiator), against targetd and tgtd ---
 
 const IQN: &str = "iqn.2026-11.org.tandem:sbd";
 const CHAP_USER: &str = "fencer";
 const CHAP_SECRET: &str = "secretpass12";
 
-/// tgtd serving an 8 MiB sparse file as LUN 1 with CHAP, in its own network namespace (so
+/// The iSCSI target serving the SBD LUN.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// tandem's own, from a config file's `targetd` block: LUN 0.
+    Targetd,
+    /// Debian's tgtd, configured with tgtadm: LUN 1.
+    Tgtd,
+}
+
+/// The running target process, held to be killed on drop.
+enum Server {
+    Targetd { _daemon: LoggedDaemon },
+    Tgtd { _tgtd: Tgtd },
+}
+
+/// An iSCSI target serving an 8 MiB sparse file with CHAP, in its own network namespace (so
 /// it listens on that namespace's 127.0.0.1:3260 only). Killed on drop.
 struct Storage {
-    tgtd: Option<Tgtd>,
+    server: Option<Server>,
+    lun: u32,
     ns: Netns,
     dir: tempfile::TempDir,
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        self.tgtd.take();
+        self.server.take();
     }
 }
 
 impl Storage {
-    fn new(tag: u32) -> Storage {
+    fn new(tag: u32, target: Target) -> Storage {
         let pid = std::process::id();
         let ns = Netns::new(&format!("tdm-st{tag}-{pid}"));
         let dir = tempfile::tempdir().unwrap();
         let lun = sparse_file(dir.path(), "lun.img", 8 << 20);
-        let tgtd = Tgtd::start(
-            ns.cmd(tool("tgtd", "tgt")),
-            1000 + (pid % 7_000) * 4 + tag,
-            IQN,
-            &lun,
-            Some((CHAP_USER, CHAP_SECRET)),
-        );
+        let (server, lun) = match target {
+            Target::Targetd => {
+                let conf = dir.path().join("tandem.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "targetd {{\n    iscsi 127.0.0.1;\n    chap {CHAP_USER} {CHAP_SECRET};\n    \
+                         target sbd {{ file {}; }}\n}}\n",
+                        lun.display()
+                    ),
+                )
+                .unwrap();
+                let mut cmd = ns.cmd(bin("targetd"));
+                cmd.arg("-c")
+                    .arg(&conf)
+                    .arg("--run-dir")
+                    .arg(dir.path().join("run"));
+                let daemon = LoggedDaemon::spawn(&mut cmd, &dir.path().join("targetd.log"));
+                wait_for("targetd to serve the SBD LUN", SOON, || {
+                    daemon.log().contains("targetd ready").then_some(())
+                });
+                (Server::Targetd { _daemon: daemon }, 0)
+            }
+            Target::Tgtd => {
+                let tgtd = Tgtd::start(
+                    ns.cmd(tool("tgtd", "tgt")),
+                    1000 + (pid % 7_000) * 4 + tag,
+                    IQN,
+                    &lun,
+                    Some((CHAP_USER, CHAP_SECRET)),
+                );
+                (Server::Tgtd { _tgtd: tgtd }, 1)
+            }
+        };
         Storage {
-            tgtd: Some(tgtd),
+            server: Some(server),
+            lun,
             ns,
             dir,
         }
     }
 
     fn url(&self) -> String {
-        format!("iscsi://{CHAP_USER}%{CHAP_SECRET}@127.0.0.1/{IQN}/1")
+        format!(
+            "iscsi://{CHAP_USER}%{CHAP_SECRET}@127.0.0.1/{IQN}/{}",
+            self.lun
+        )
     }
 
     fn file(&self) -> PathBuf {
@@ -463,8 +511,16 @@ impl Storage {
 }
 
 #[test]
-fn sbd_over_iscsi_with_chap() {
-    let st = Storage::new(1);
+fn sbd_over_iscsi_with_chap_on_targetd() {
+    sbd_over_iscsi_with_chap(Storage::new(1, Target::Targetd));
+}
+
+#[test]
+fn sbd_over_iscsi_with_chap_on_tgtd() {
+    sbd_over_iscsi_with_chap(Storage::new(3, Target::Tgtd));
+}
+
+fn sbd_over_iscsi_with_chap(st: Storage) {
     let url = st.url();
     run_ok(st.fencectl("beta", &url).args(QUICK).arg("create"));
     run_ok(st.fencectl("beta", &url).args(["allocate", "alpha"]));
@@ -491,7 +547,10 @@ fn sbd_over_iscsi_with_chap() {
         "the CHAP secret must not be printed"
     );
     // A wrong secret: one clear line, exit 1, and no secret in it.
-    let bad = format!("iscsi://{CHAP_USER}%wrongsecret99@127.0.0.1/{IQN}/1");
+    let bad = format!(
+        "iscsi://{CHAP_USER}%wrongsecret99@127.0.0.1/{IQN}/{}",
+        st.lun
+    );
     let err = run_fails(st.fencectl("beta", &bad).arg("list"));
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("Authentication failure"), "{err}");
@@ -500,11 +559,11 @@ fn sbd_over_iscsi_with_chap() {
 
 #[test]
 fn watcher_over_iscsi_dies_when_the_lun_goes_away() {
-    let mut st = Storage::new(2);
+    let mut st = Storage::new(2, Target::Targetd);
     let url = st.url();
     run_ok(st.fencectl("beta", &url).args(QUICK).arg("create"));
     let w = Node::new().watch(st.fencectl("alpha", &url), &st.file());
     // The storage node dies: the watcher's reads hang or fail, and the node is reset.
-    st.tgtd.take();
+    st.server.take();
     w.expect_killed();
 }
