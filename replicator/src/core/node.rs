@@ -650,6 +650,12 @@ pub struct Node {
     rx_queue: VecDeque<Blocked>,
     al: ActivityLog,
     bitmap_flush_pending: bool,
+    /// Resync writes completed (their bits cleared in memory) that no flush has made stable
+    /// yet, oldest first: the bitmap on disk keeps their bits set, so a crash before the flush
+    /// resyncs them again instead of trusting data the disk's cache lost.
+    rs_unstable: Vec<(u64, u64)>,
+    /// How many of `rs_unstable` the flush in progress covers.
+    rs_flushing: usize,
     /// Writes whose extents wait for an activity-log transaction.
     al_wait: VecDeque<Blocked>,
     /// After the bitmap exchange: become SyncSource (true) or SyncTarget (false).
@@ -756,6 +762,8 @@ impl Node {
             rx_queue: VecDeque::new(),
             al: ActivityLog::new(cfg.al_extents),
             bitmap_flush_pending: false,
+            rs_unstable: Vec::new(),
+            rs_flushing: 0,
             al_wait: VecDeque::new(),
             pending_sync: None,
             resync: None,
@@ -793,9 +801,28 @@ impl Node {
     pub fn md(&self) -> MdState {
         self.md
     }
-    /// The bitmap words, for writing to disk.
-    pub fn bitmap_words(&self) -> &[u64] {
-        self.bitmap.words()
+    /// The bitmap words, for writing to disk: the in-memory bitmap with the bits of resync
+    /// writes that are not yet stable still set.
+    pub fn bitmap_words(&self) -> std::borrow::Cow<'_, [u64]> {
+        if self.rs_unstable.is_empty() {
+            return std::borrow::Cow::Borrowed(self.bitmap.words());
+        }
+        let mut on_disk = self.bitmap.clone();
+        for &(offset, len) in &self.rs_unstable {
+            on_disk.set_range(offset, len);
+        }
+        std::borrow::Cow::Owned(on_disk.words().to_vec())
+    }
+
+    /// Flushes the backing disk so the completed resync writes become stable, then writes the
+    /// bitmap without their bits.
+    fn flush_resync_writes(&mut self) {
+        if !self.bitmap_flush_pending {
+            self.bitmap_flush_pending = true;
+            self.rs_flushing = self.rs_unstable.len();
+            let io = self.io(IoPurpose::BitmapFlush);
+            self.out.push(Action::LocalFlush { io });
+        }
     }
     /// True while the driver should keep (re)connecting.
     pub fn wants_connection(&self) -> bool {
@@ -1245,6 +1272,11 @@ impl Node {
     /// Bit 0 of the bitmap UUID records whether this node was already Primary when the new
     /// generation began (it kept serving through a split) or was promoted into it; the
     /// discard-younger/older-primary policies read it.
+    ///
+    /// When the bitmap UUID is in use (a resync this node was source of is unfinished) it
+    /// stays, so an Inconsistent target holding it as its current UUID still resumes from the
+    /// bitmaps; the old current UUID is dropped rather than pushed into the two-entry history,
+    /// which must keep the generations an interrupted target may still hold.
     fn new_current_uuid_as(&mut self, was_primary: bool) {
         if self.md.uuids[1] == 0 && self.md.uuids[0] != UUID_JUST_CREATED {
             self.md.uuids[1] = (self.md.uuids[0] & !1) | u64::from(was_primary);
@@ -1767,6 +1799,7 @@ impl Node {
                 let len = u32::try_from(len64).expect("resync requests are small");
                 if result.is_ok() {
                     self.bitmap.clear_range(range.0, range.1);
+                    self.rs_unstable.push(range);
                     if self.conn == ConnState::Connected {
                         self.out.push(Action::Send(Packet::RsWriteAck {
                             offset: range.0,
@@ -1779,7 +1812,13 @@ impl Node {
                 }
                 self.rs_pump();
             }
-            IoPurpose::ResyncDoneFlush => self.finish_sync_target(),
+            IoPurpose::ResyncDoneFlush => {
+                if result.is_ok() {
+                    // Issued once no resync write was in flight: it covers all of them.
+                    self.rs_unstable.clear();
+                }
+                self.finish_sync_target();
+            }
             IoPurpose::CsumRead { id, offset, len } => match (result, self.cfg.csums_alg) {
                 (Ok(Some(data)), Some(alg)) if self.conn == ConnState::Connected => {
                     let digest = block_digests(alg, &data);
@@ -1841,7 +1880,9 @@ impl Node {
             }
             IoPurpose::BitmapFlush => {
                 self.bitmap_flush_pending = false;
+                let covered = std::mem::take(&mut self.rs_flushing).min(self.rs_unstable.len());
                 if result.is_ok() {
+                    self.rs_unstable.drain(..covered);
                     self.out.push(Action::WriteBitmap);
                 }
             }
@@ -2805,6 +2846,7 @@ impl Node {
 
     fn lose_peer(&mut self, reason: String, next: ConnState) {
         let was_up_to_date_peer = self.peer.disk == Some(DiskState::UpToDate);
+        let was_sync_source = self.repl == ReplState::SyncSource;
         self.conn = next;
         self.repl = ReplState::Off;
         for e in std::mem::take(&mut self.tl) {
@@ -2838,6 +2880,9 @@ impl Node {
         self.resync = None;
         self.ov = None;
         self.pending_sync = None;
+        if !self.rs_unstable.is_empty() {
+            self.flush_resync_writes();
+        }
         if self.role == Role::Primary
             && self.cfg.fencing != crate::config::FencingPolicy::DontCare
             && !self.fencing_peer
@@ -2852,13 +2897,16 @@ impl Node {
                 self.notify("IO frozen: the peer is being fenced (fence-peer handler)".into());
             }
         }
-        // DRBD's rule: a new generation when a Primary loses an UpToDate peer. (During a
-        // resync the bitmap UUID is in use and stays; see the open simulator scenario
-        // primary_losing_its_sync_target_keeps_its_generation.)
+        // A new generation when a Primary loses a peer that holds its data (DRBD's rule), and
+        // also when it loses its SyncTarget: the target may have finished unseen, taken this
+        // generation and gone on (promoted) without us; keeping the generation would make our
+        // later writes look like the target's past and be discarded silently on reconnect
+        // (simulator seed 464). The unfinished target still resumes from the bitmaps (see
+        // new_current_uuid_as).
         if self.role == Role::Primary
             && self.disk == DiskState::UpToDate
-            && was_up_to_date_peer
-            && self.md.uuids[1] == 0
+            && ((was_up_to_date_peer && self.md.uuids[1] == 0)
+                || (was_sync_source && self.md.uuids[1] != 0))
         {
             self.new_current_uuid_as(true);
         }
@@ -2944,11 +2992,7 @@ impl Node {
             // Resync progress survives a crash: once a second the bitmap goes to disk; on the
             // SyncTarget only after a flush, so no bit is cleared before its data is stable.
             if self.repl == ReplState::SyncTarget {
-                if !self.bitmap_flush_pending {
-                    self.bitmap_flush_pending = true;
-                    let io = self.io(IoPurpose::BitmapFlush);
-                    self.out.push(Action::LocalFlush { io });
-                }
+                self.flush_resync_writes();
             } else {
                 self.out.push(Action::WriteBitmap);
             }

@@ -445,6 +445,14 @@ impl Oracle {
         Ok(())
     }
 
+    /// `node`'s peer finished a resync from it over a connection made at `step`: what `node`
+    /// wrote apart before that step is on the peer now.
+    pub fn merged_before(&mut self, node: usize, step: u64) {
+        if self.solo[node].is_some_and(|s| s < step) {
+            self.solo[node] = None;
+        }
+    }
+
     /// The nodes are in sync (Established, UpToDate, nothing out of sync on either side).
     pub fn in_sync(&mut self) {
         self.solo = [None, None];
@@ -700,6 +708,10 @@ pub struct Sim {
     trace: Option<u64>,
     /// What happened.
     pub stats: Stats,
+    /// Each node's replication state after the previous step (None while down).
+    prev_repl: [Option<ReplState>; 2],
+    /// The latest connection: its generation and the step it was made.
+    connected_at: Option<(u64, u64)>,
 }
 
 fn config(name: &str, protocol: Protocol, rng: &mut Rng) -> NodeConfig {
@@ -787,6 +799,8 @@ impl Sim {
             trace: std::env::var("TANDEM_SIM_TRACE_SECTOR")
                 .ok()
                 .and_then(|s| s.parse().ok()),
+            prev_repl: [None, None],
+            connected_at: None,
         }
     }
 
@@ -1124,6 +1138,27 @@ impl Sim {
     }
 
     fn after_step(&mut self) -> Result<(), String> {
+        // A SyncTarget that finished has everything its source wrote apart before this
+        // connection was made (the source may not have seen the end: it crashed or lost the
+        // connection), so those writes are no longer a divergence.
+        for i in 0..2 {
+            let now = self.seen(i).map(|(s, st)| (s, st.disk));
+            if let (Some(ReplState::SyncTarget), Some((s, DiskState::UpToDate))) =
+                (self.prev_repl[i], now)
+            {
+                if s.repl == ReplState::Established {
+                    if let Some((gen, step)) = self.connected_at.filter(|(g, _)| *g == s.gen) {
+                        self.note(format!(
+                            "{} finished the resync of gen {gen}: {}'s earlier changes are on both",
+                            NAMES[i],
+                            NAMES[1 - i]
+                        ));
+                        self.oracle.merged_before(1 - i, step);
+                    }
+                }
+            }
+            self.prev_repl[i] = now.map(|(s, _)| s.repl);
+        }
         let (Some((a, sa)), Some((b, sb))) = (self.seen(0), self.seen(1)) else {
             return Ok(());
         };
@@ -1416,6 +1451,7 @@ impl Sim {
                         last_at: [[0; 2]; 2],
                     });
                     self.note(format!("connected (gen {gen})"));
+                    self.connected_at = Some((gen, self.step));
                     self.feed(0, Event::PeerConnected { gen })?;
                     self.feed(1, Event::PeerConnected { gen })?;
                 }
@@ -1776,22 +1812,9 @@ mod tests {
     }
 
     /// Seeds of the default scenario that find open bugs, with the scenario test that pins
-    /// each (in `open_bugs`). `seeds` fails on any other failing seed, and on a listed seed
+    /// each (in `found_bugs`). `seeds` fails on any other failing seed, and on a listed seed
     /// that passes (the bug is fixed: take it off the list and un-ignore its test).
-    const KNOWN: &[(u64, &str)] = &[
-        (
-            251,
-            "sync_target_clears_bits_before_the_resync_data_is_stable",
-        ),
-        (454, "primary_losing_its_sync_target_keeps_its_generation"),
-        // Not yet analysed: checker (c) reports beta's writes after alpha crashed as SyncSource
-        // (beta finished the resync unseen, was promoted and wrote) merged without a split
-        // brain; it appeared when the fixes of 5 open bugs changed the seed's path.
-        (
-            141,
-            "unanalysed: divergence check after a crashed SyncSource",
-        ),
-    ];
+    const KNOWN: &[(u64, &str)] = &[];
 
     fn many(scenario: &Scenario, count: u64, known: &[(u64, &str)]) {
         let started = std::time::Instant::now();
@@ -2060,9 +2083,9 @@ mod tests {
     }
 }
 
-/// Open bugs the simulator found, each pinned by its smallest reproduction.
+/// Bugs the simulator found, each pinned by its smallest reproduction (ignored while open).
 #[cfg(test)]
-mod open_bugs {
+mod found_bugs {
     use super::*;
     use crate::core::al::ActivityLog;
 
@@ -2118,10 +2141,10 @@ mod open_bugs {
     /// only when the peer was UpToDate) and goes on writing. The target had in fact finished
     /// and taken that UUID; it is promoted and writes too. On reconnect the old Primary's
     /// current UUID equals the new Primary's bitmap UUID, so it becomes SyncTarget and its
-    /// writes are discarded with no split brain reported (checker c). DRBD starts a new current
-    /// UUID when the lost peer's disk was Inconsistent or better.
+    /// writes are discarded with no split brain reported (checker c). Fixed: a Primary that
+    /// loses its SyncTarget starts a new current UUID too, keeping the bitmap UUID (so an
+    /// unfinished target still resumes from the bitmaps).
     #[test]
-    #[ignore = "open bug in core/node.rs: a divergence after an unseen resync end is merged silently"]
     fn primary_losing_its_sync_target_keeps_its_generation() {
         let scenario = Scenario {
             crashes: false,
@@ -2134,12 +2157,21 @@ mod open_bugs {
     /// write completes, before a flush made it stable; `lose_peer` (and any other WriteBitmap)
     /// then writes that bitmap. The target crashes, the block's data is gone from its disk,
     /// the bitmap says it is in sync, and the next resync never copies it: the replicas differ
-    /// (checker b). Only the once-a-second progress write flushes first; the bits of
-    /// unflushed resync writes must stay set on disk until a flush covers them.
+    /// (checker b). Fixed: the bits of resync writes no flush has covered stay set in every
+    /// bitmap written to disk (`rs_unstable`), and losing the peer flushes them.
     #[test]
-    #[ignore = "open bug in core/node.rs: the SyncTarget persists bits of resync writes not yet stable"]
     fn sync_target_clears_bits_before_the_resync_data_is_stable() {
         run_seed(251, Scenario::default()).unwrap();
+    }
+
+    /// Seed 141: alpha, Primary and SyncSource, crashes; beta finishes the resync unseen, is
+    /// promoted and writes; on reconnect beta is SyncSource. Correct (beta has everything
+    /// alpha acknowledged), but checker (c) still counted alpha's writes from before the
+    /// resync as a divergence because alpha never saw the resync end. The checker now treats
+    /// a SyncTarget's finished resync as merging its source's earlier changes.
+    #[test]
+    fn a_resync_the_crashed_source_did_not_see_finish_is_no_divergence() {
+        run_seed(141, Scenario::default()).unwrap();
     }
 
     /// Both operators promote within the same millisecond while the nodes are connected and

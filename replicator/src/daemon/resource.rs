@@ -168,7 +168,7 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
         spec.seed,
     );
     // Hot extents are in the bitmap on disk before the old log is wiped; then the log is in use.
-    disk::write_bitmap(&dev, &layout, node.bitmap_words())
+    disk::write_bitmap(&dev, &layout, &node.bitmap_words())
         .map_err(|e| format!("writing the bitmap: {e}"))?;
     disk::reset_al(&dev, &layout).map_err(|e| format!("resetting the activity log: {e}"))?;
     let in_use = node.md();
@@ -541,7 +541,7 @@ impl Task {
             }
             Action::WriteBitmap => {
                 if let Err(e) =
-                    disk::write_bitmap(&self.md_dev, &self.layout, self.node.bitmap_words())
+                    disk::write_bitmap(&self.md_dev, &self.layout, &self.node.bitmap_words())
                 {
                     tracing::error!(resource = %self.name, "writing the bitmap failed: {e}");
                 }
