@@ -8,6 +8,7 @@
 //! then promotes r0, and `clusterctl status --json` on beta shows r0 Primary on beta and the
 //! fence event. Waits are bounded; nothing asserts on timing.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,6 +28,11 @@ struct Lab {
     dir: tempfile::TempDir,
     config: PathBuf,
     ips: [String; 2],
+    /// Each node's processes are one process group (led by a sleep), as a machine: the SBD
+    /// test watchdog kills the whole group.
+    pgids: [i32; 2],
+    /// The SBD device (a file), when the nodes are fenced by SBD.
+    sbd: Option<PathBuf>,
 }
 
 impl Drop for Lab {
@@ -53,7 +59,8 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    fn new(id: u8) -> Lab {
+    /// A lab whose nodes are fenced by IF-MIB (`sbd` false) or by SBD on a file (true).
+    fn new(id: u8, sbd: bool) -> Lab {
         let pid = std::process::id();
         let switch = Netns::new(&format!("tcl{id}sw-{pid}"));
         let nodes = [
@@ -144,6 +151,31 @@ impl Lab {
         )
         .expect("write alert.sh");
         run_ok(Command::new("chmod").arg("755").arg(&alert));
+        let sbd_dev = sbd.then(|| {
+            let dev = sparse_file(dir.path(), "sbd.img", 1 << 20);
+            run_ok(
+                Command::new(bin("fencectl"))
+                    .args(["sbd", "-d"])
+                    .arg(&dev)
+                    .args(["-1", "1", "-2", "1", "-3", "1", "-4", "3", "create"]),
+            );
+            dev
+        });
+        let (fence, sbd_section) = match &sbd_dev {
+            Some(dev) => (
+                ["fence sbd;".to_string(), "fence sbd;".to_string()],
+                format!(
+                    "sbd {{ device {}; watchdog /dev/watchdog; watchdog-timeout 1; msgwait 3; }}",
+                    dev.display()
+                ),
+            ),
+            None => (
+                [1, 2].map(|p| {
+                    format!("fence ifmib {{ switch {switch_ip}; community private; port swp{p}; }}")
+                }),
+                String::new(),
+            ),
+        };
         let config = dir.path().join("tandem.conf");
         std::fs::write(
             &config,
@@ -157,8 +189,9 @@ impl Lab {
     on beta  {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
 }}
 cluster t{id} {{
-    node alpha {{ address {}; fence ifmib {{ switch {switch_ip}; community private; port swp1; }} }}
-    node beta  {{ address {}; fence ifmib {{ switch {switch_ip}; community private; port swp2; }} }}
+    node alpha {{ address {}; {} }}
+    node beta  {{ address {}; {} }}
+    {sbd_section}
     quorum {{ two-node yes; }}
     token 1000;
     resource r0 {{ export nbd; }}
@@ -169,13 +202,28 @@ cluster t{id} {{
                 disks[1].display(),
                 ips[1],
                 ips[0],
+                fence[0],
                 ips[1],
+                fence[1],
                 alert.display(),
             ),
         )
         .expect("write config");
+        let mut daemons = Vec::new();
+        let mut pgids = [0; 2];
+        for (i, name) in NAMES.iter().enumerate() {
+            let sleeper = Command::new("sleep")
+                .arg("3600")
+                .process_group(0)
+                .spawn()
+                .expect("spawn sleep");
+            pgids[i] = i32::try_from(sleeper.id()).expect("pid");
+            daemons.push((format!("{name}-node"), ChildGuard(sleeper)));
+        }
         let lab = Lab {
-            daemons: Vec::new(),
+            daemons,
+            pgids,
+            sbd: sbd_dev,
             snmpd: Some(ChildGuard(snmpd)),
             switch,
             nodes,
@@ -224,6 +272,7 @@ cluster t{id} {{
             .expect("log file");
         let child = self
             .tool(i, daemon, &[])
+            .process_group(self.pgids[i])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -235,6 +284,44 @@ cluster t{id} {{
         wait_for(&format!("{daemon}'s socket on {}", NAMES[i]), WAIT, || {
             std::os::unix::net::UnixStream::connect(&sock).ok()
         });
+    }
+
+    /// Starts node `i`'s SBD watcher (`fencectl sbd watch`) on the test watchdog of its
+    /// process group, and waits until it monitors its slot.
+    fn watch(&mut self, i: usize) {
+        let dev = self.sbd.clone().expect("an SBD lab");
+        let log_path = self.dir.path().join(format!("{}-watcher.log", NAMES[i]));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(bin("fencectl"))
+            .args(["--node", NAMES[i], "sbd", "-d"])
+            .arg(&dev)
+            .args([
+                "-I",
+                "1",
+                "--watchdog",
+                &format!("test:{}", self.pgids[i]),
+                "watch",
+            ])
+            .process_group(self.pgids[i])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn fencectl sbd watch");
+        self.daemons
+            .push((format!("{}-watcher", NAMES[i]), ChildGuard(child)));
+        // Monitoring starts after the slot is allocated; a message written before that would
+        // be cleared as stale.
+        wait_for(
+            &format!("{}'s SBD watcher to monitor its slot", NAMES[i]),
+            WAIT,
+            || {
+                std::fs::read_to_string(&log_path)
+                    .ok()
+                    .filter(|l| l.contains("using the test watchdog"))
+                    .map(|_| ())
+            },
+        );
     }
 
     fn kill(&mut self, i: usize) {
@@ -344,7 +431,7 @@ fn healthy(lab: &mut Lab) {
 
 #[test]
 fn healthy_pair_then_pulled_plug_fences_then_promotes() {
-    let mut lab = Lab::new(41);
+    let mut lab = Lab::new(41, false);
     healthy(&mut lab);
     for i in 0..2 {
         let s = lab.wait_cluster(i, "r0 Primary on alpha in clusterctl status", |s| {
@@ -445,7 +532,7 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
 
 #[test]
 fn partition_the_primary_fences_the_other_through_the_fence_peer_handler() {
-    let mut lab = Lab::new(42);
+    let mut lab = Lab::new(42, false);
     healthy(&mut lab);
     for i in 0..2 {
         lab.wait_cluster(i, "r0 Primary on alpha", |s| {
@@ -492,4 +579,43 @@ fn partition_the_primary_fences_the_other_through_the_fence_peer_handler() {
     let a = lab.cluster(0).unwrap();
     assert_eq!(primary_of_r0(&a).as_deref(), Some("alpha"), "{a}");
     assert_eq!(a["quorum"], true, "{a}");
+}
+
+#[test]
+fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
+    let mut lab = Lab::new(43, true);
+    lab.watch(0);
+    lab.watch(1);
+    healthy(&mut lab);
+    for i in 0..2 {
+        lab.wait_cluster(i, "r0 Primary on alpha", |s| {
+            primary_of_r0(s).as_deref() == Some("alpha")
+        });
+    }
+    let dev = lab.sbd.clone().unwrap();
+    run_ok(
+        Command::new(bin("fencectl"))
+            .args(["--node", "beta", "sbd", "-d"])
+            .arg(&dev)
+            .args(["message", "alpha", "reset"]),
+    );
+    // The watcher stops feeding; the test watchdog kills alpha's process group.
+    wait_for("alpha's clusterd to die with its node", WAIT, || {
+        std::os::unix::net::UnixStream::connect(lab.run_dir(0).join("clusterd.sock"))
+            .is_err()
+            .then_some(())
+    });
+    let s = lab.wait_cluster(1, "beta to fence alpha by SBD and promote r0", |s| {
+        primary_of_r0(s).as_deref() == Some("beta")
+    });
+    assert_eq!(node_state(&s, "alpha"), "fenced", "{s}");
+    assert!(
+        s["fence-events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["node"] == "alpha" && f["method"] == "sbd" && f["result"] == "ok"),
+        "{s}"
+    );
+    lab.wait_replica(1, "beta's replicatord Primary", |s| s["role"] == "Primary");
 }
