@@ -208,6 +208,8 @@ pub struct Cluster {
     standby: Vec<NodeId>,
     moves: BTreeMap<String, NodeId>,
     out: Vec<Action>,
+    /// The time of the first event: peers unseen `token` ms after it are fenced.
+    start_ms: Option<u64>,
 }
 
 impl Cluster {
@@ -229,6 +231,7 @@ impl Cluster {
             standby: Vec::new(),
             moves: BTreeMap::new(),
             out: Vec::new(),
+            start_ms: None,
         }
     }
 
@@ -440,8 +443,24 @@ impl Cluster {
     fn check(&mut self, now: u64) {
         let token = self.cfg.token_ms;
         let i_hold_primary = self.replicas.values().any(|r| r.primary);
+        let start = *self.start_ms.get_or_insert(now);
+        // Startup fencing (Pacemaker's startup-fencing): a peer not seen `token` ms after this
+        // node started may be Primary somewhere this node cannot hear; with quorum, it is lost
+        // and fenced like any other (without wait-for-all, quorum does not wait for it).
+        let startup_fencing = now.saturating_sub(start) > token && self.has_quorum();
         let mut lost_now = Vec::new();
         for (&n, p) in &mut self.peers {
+            if !p.seen_ever && !p.lost && !p.fenced && startup_fencing {
+                p.lost = true;
+                let delay = if i_hold_primary {
+                    0
+                } else {
+                    self.cfg.priority_delay_ms
+                };
+                p.fence_after_ms = Some(now + delay);
+                lost_now.push(n);
+                continue;
+            }
             if p.lost || !p.seen_ever {
                 continue;
             }
@@ -492,11 +511,12 @@ impl Cluster {
                     .peers
                     .values()
                     .any(|p| !p.lost && p.primary_for.contains(&res));
-            // A lost node that was Primary (or may be) must be confirmed fenced first.
+            // A lost node that was Primary (or may be) must be confirmed fenced first; so must a
+            // node never seen since this one started (it may be Primary where we cannot hear).
             let unfenced_lost = self
                 .peers
                 .values()
-                .any(|p| (p.lost || p.fence_requested) && !p.fenced);
+                .any(|p| (p.lost || p.fence_requested || !p.seen_ever) && !p.fenced);
             // Two nodes: the Primary's node keeps its Primary while it fences the lost other
             // (it fences at once and wins the race; nobody can promote before its fence is
             // confirmed), until a whole round of fence methods has failed.

@@ -8,6 +8,7 @@
 //!   a timeout that kills the agent's process group;
 //! - [`vip`]: the floating IP, added with gratuitous ARP;
 //! - [`alert`]: Pacemaker alert agents run with Pacemaker's environment;
+//! - `sim` (tests only): the seeded simulator of the core with partitions, crashes and fencing;
 //! - [`daemon`]: the driver: UDP heartbeats, the tick, replicatord's control socket, fencing
 //!   through the `fencing` crate, resource groups, alerts.
 
@@ -20,3 +21,6 @@ pub mod group;
 pub mod heartbeat;
 pub mod ocf;
 pub mod vip;
+
+#[cfg(test)]
+mod sim;
