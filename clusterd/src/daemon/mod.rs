@@ -114,6 +114,11 @@ pub enum JobKind {
     Demote,
     /// The group's stop and start, after [`RESTART_PAUSE`] (a failed start or monitor).
     Restart,
+    /// The group's start alone: the replica is Primary (promoted by hand, or before clusterd
+    /// started) and its group is not running.
+    Start,
+    /// The group's stop alone: the replica is no longer Primary (demoted by hand).
+    Stop,
 }
 
 /// A job for the worker thread.
@@ -154,6 +159,7 @@ struct Daemon {
     failed: VecDeque<FailedAction>,
     fail_counts: BTreeMap<String, u32>,
     alerter: Alerter,
+    in_flight: BTreeSet<String>,
     group_started: BTreeSet<String>,
     waiters: Vec<FenceWaiter>,
     jobs: mpsc::Sender<Job>,
@@ -316,6 +322,7 @@ pub fn run(opts: Options, config: Config, group: Box<dyn Group>) -> Result<()> {
         failed: VecDeque::new(),
         fail_counts: BTreeMap::new(),
         alerter: Alerter::new(&cluster.alerts),
+        in_flight: BTreeSet::new(),
         group_started: BTreeSet::new(),
         waiters: Vec::new(),
         jobs,
@@ -403,17 +410,11 @@ impl Daemon {
             }
             Action::Promote { resource } => {
                 tracing::info!(%resource, "promoting: replicatord primary, then the group");
-                let _ = self.jobs.send(Job {
-                    resource,
-                    kind: JobKind::Promote,
-                });
+                self.job(resource, JobKind::Promote);
             }
             Action::Demote { resource } => {
                 tracing::info!(%resource, "demoting: the group's stop, then replicatord secondary");
-                let _ = self.jobs.send(Job {
-                    resource,
-                    kind: JobKind::Demote,
-                });
+                self.job(resource, JobKind::Demote);
             }
             Action::Alert { kind, node, desc } => {
                 tracing::info!(kind, %node, "{desc}");
@@ -475,7 +476,10 @@ impl Daemon {
                 resource,
                 kind,
                 result,
-            } => match result {
+            } => match {
+                self.in_flight.remove(&resource);
+                result
+            } {
                 Ok(()) => {
                     tracing::info!(
                         %resource,
@@ -484,15 +488,18 @@ impl Daemon {
                             JobKind::Promote => "promoted and group started",
                             JobKind::Demote => "group stopped and demoted",
                             JobKind::Restart => "group restarted",
+                            JobKind::Start => "group started",
+                            JobKind::Stop => "group stopped",
                         }
                     );
                     let task = match kind {
                         JobKind::Promote => "promote",
                         JobKind::Demote => "demote",
-                        JobKind::Restart => "start",
+                        JobKind::Restart | JobKind::Start => "start",
+                        JobKind::Stop => "stop",
                     };
                     self.resource_alert(&resource, task, 0, 0);
-                    if kind == JobKind::Demote {
+                    if matches!(kind, JobKind::Demote | JobKind::Stop) {
                         self.group_started.remove(&resource);
                     } else {
                         self.group_started.insert(resource);
@@ -541,15 +548,8 @@ impl Daemon {
     /// Pacemaker's resource alert for `task` on this node, `rc` the OCF answer (0 ok).
     fn resource_alert(&mut self, resource: &str, task: &str, interval_ms: u64, rc: i32) {
         let me = self.name(self.me).to_string();
-        let event = AlertEvent::resource(
-            resource,
-            &me,
-            task,
-            interval_ms,
-            exec_status::DONE,
-            rc,
-            0,
-        );
+        let event =
+            AlertEvent::resource(resource, &me, task, interval_ms, exec_status::DONE, rc, 0);
         self.alert(&event);
     }
 
@@ -597,10 +597,40 @@ impl Daemon {
             );
         }
         if self.core.primary_of(resource) == Some(self.me) {
-            let _ = self.jobs.send(Job {
-                resource: resource.to_string(),
-                kind: JobKind::Restart,
-            });
+            self.job(resource.to_string(), JobKind::Restart);
+        }
+    }
+
+    /// Hands a job to the worker; at most one per resource is in flight.
+    fn job(&mut self, resource: String, kind: JobKind) {
+        self.in_flight.insert(resource.clone());
+        let _ = self.jobs.send(Job { resource, kind });
+    }
+
+    /// Starts the group of a Primary that has none running, stops the group of a replica that
+    /// is no longer Primary (a change made by hand, or before clusterd started).
+    fn reconcile_groups(&mut self) {
+        let mut todo = Vec::new();
+        for r in &self.cluster.resources {
+            if self.in_flight.contains(&r.name) {
+                continue;
+            }
+            let primary = self
+                .replicas
+                .get(&r.name)
+                .is_some_and(|s| s.role == "Primary");
+            let started = self.group_started.contains(&r.name);
+            let stopped_for_failure =
+                self.fail_counts.get(&r.name).copied().unwrap_or(0) >= r.migration_threshold;
+            if primary && !started && !stopped_for_failure {
+                todo.push((r.name.clone(), JobKind::Start));
+            } else if !primary && started {
+                todo.push((r.name.clone(), JobKind::Stop));
+            }
+        }
+        for (resource, kind) in todo {
+            tracing::info!(%resource, "the replica is {}Primary: {} its group", if kind == JobKind::Start { "" } else { "not " }, if kind == JobKind::Start { "starting" } else { "stopping" });
+            self.job(resource, kind);
         }
     }
 
@@ -706,6 +736,9 @@ impl Daemon {
         }
         for e in events {
             self.apply(e);
+        }
+        if self.replicas_error.is_none() {
+            self.reconcile_groups();
         }
     }
 
@@ -1159,6 +1192,11 @@ fn spawn_worker(
                         .map_err(|e| ("demote", format!("replicatord secondary {}: {e}", r.name)))
                         .and(stopped)
                 }
+                JobKind::Start => group.start(r).map_err(|e| ("start", e)),
+                JobKind::Stop => {
+                    started.remove(&r.name);
+                    group.stop(r).map_err(|e| ("stop", e))
+                }
                 JobKind::Restart => {
                     std::thread::sleep(RESTART_PAUSE);
                     group
@@ -1167,7 +1205,7 @@ fn spawn_worker(
                         .and_then(|()| group.start(r).map_err(|e| ("start", e)))
                 }
             };
-            if result.is_ok() && job.kind != JobKind::Demote {
+            if result.is_ok() && !matches!(job.kind, JobKind::Demote | JobKind::Stop) {
                 started.insert(r.name.clone());
             }
             let done = Msg::JobDone {
