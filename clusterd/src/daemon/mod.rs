@@ -476,53 +476,62 @@ impl Daemon {
                 resource,
                 kind,
                 result,
-            } => match {
+            } => {
                 self.in_flight.remove(&resource);
-                result
-            } {
-                Ok(()) => {
-                    tracing::info!(
-                        %resource,
-                        "{}",
-                        match kind {
-                            JobKind::Promote => "promoted and group started",
-                            JobKind::Demote => "group stopped and demoted",
-                            JobKind::Restart => "group restarted",
-                            JobKind::Start => "group started",
-                            JobKind::Stop => "group stopped",
-                        }
-                    );
-                    let task = match kind {
-                        JobKind::Promote => "promote",
-                        JobKind::Demote => "demote",
-                        JobKind::Restart | JobKind::Start => "start",
-                        JobKind::Stop => "stop",
-                    };
-                    self.resource_alert(&resource, task, 0, 0);
-                    if matches!(kind, JobKind::Demote | JobKind::Stop) {
-                        self.group_started.remove(&resource);
-                    } else {
-                        self.group_started.insert(resource);
-                    }
-                    self.poll_now();
-                }
-                Err((stage, error)) => {
-                    if stage == "stop" || stage == "demote" {
-                        self.group_started.remove(&resource);
-                    }
-                    if stage == "promote" || stage == "demote" {
-                        self.record_failure(&resource, stage, error);
-                        self.apply(Event::ActionFailed { resource });
-                    } else {
-                        self.group_failed(&resource, stage, error);
-                    }
-                    self.poll_now();
-                }
-            },
+                self.job_done(resource, kind, result);
+            }
             Msg::MonitorFailed { resource, error } => {
                 self.group_failed(&resource, "monitor", error);
             }
             Msg::Control(req, reply) => self.control(req, reply),
+        }
+    }
+
+    fn job_done(
+        &mut self,
+        resource: String,
+        kind: JobKind,
+        result: Result<(), (&'static str, String)>,
+    ) {
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    %resource,
+                    "{}",
+                    match kind {
+                        JobKind::Promote => "promoted and group started",
+                        JobKind::Demote => "group stopped and demoted",
+                        JobKind::Restart => "group restarted",
+                        JobKind::Start => "group started",
+                        JobKind::Stop => "group stopped",
+                    }
+                );
+                let task = match kind {
+                    JobKind::Promote => "promote",
+                    JobKind::Demote => "demote",
+                    JobKind::Restart | JobKind::Start => "start",
+                    JobKind::Stop => "stop",
+                };
+                self.resource_alert(&resource, task, 0, 0);
+                if matches!(kind, JobKind::Demote | JobKind::Stop) {
+                    self.group_started.remove(&resource);
+                } else {
+                    self.group_started.insert(resource);
+                }
+                self.poll_now();
+            }
+            Err((stage, error)) => {
+                if stage == "stop" || stage == "demote" {
+                    self.group_started.remove(&resource);
+                }
+                if stage == "promote" || stage == "demote" {
+                    self.record_failure(&resource, stage, error);
+                    self.apply(Event::ActionFailed { resource });
+                } else {
+                    self.group_failed(&resource, stage, error);
+                }
+                self.poll_now();
+            }
         }
     }
 
