@@ -25,6 +25,10 @@ struct Lab {
     snmpd: Option<ChildGuard>,
     switch: Netns,
     nodes: [Netns; 2],
+    /// A client on the switch's third port.
+    client: Netns,
+    /// The floating IP of r0.
+    vip: String,
     dir: tempfile::TempDir,
     config: PathBuf,
     ips: [String; 2],
@@ -82,7 +86,16 @@ impl Lab {
         ]);
         ip(&["-n", &switch.name, "link", "set", "br0", "up"]);
         let ips = [format!("{net}.1"), format!("{net}.2")];
-        for (i, node) in nodes.iter().enumerate() {
+        let client = Netns::new(&format!("tcl{id}c-{pid}"));
+        let client_ip = format!("{net}.3");
+        for (i, (node, addr)) in [
+            (&nodes[0], &ips[0]),
+            (&nodes[1], &ips[1]),
+            (&client, &client_ip),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let port = format!("swp{}", i + 1);
             ip(&[
                 "link",
@@ -105,7 +118,7 @@ impl Lab {
                 &node.name,
                 "addr",
                 "add",
-                &format!("{}/24", ips[i]),
+                &format!("{addr}/24"),
                 "dev",
                 "eth0",
             ]);
@@ -176,6 +189,7 @@ impl Lab {
                 String::new(),
             ),
         };
+        let vip = format!("{net}.10");
         let config = dir.path().join("tandem.conf");
         std::fs::write(
             &config,
@@ -185,6 +199,7 @@ impl Lab {
            connect-int 1; ping-int 1; ping-timeout 5; fencing resource-and-stonith; }}
     disk {{ c-plan-ahead 0; resync-rate 1G; }}
     handlers {{ fence-peer \"{handler}\"; }}
+    export {{ nbd 0.0.0.0:10809; }}
     on alpha {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
     on beta  {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
 }}
@@ -194,7 +209,7 @@ cluster t{id} {{
     {sbd_section}
     quorum {{ two-node yes; }}
     token 1000;
-    resource r0 {{ export nbd; }}
+    resource r0 {{ export nbd; vip {vip}/24; }}
     alert \"{}\";
 }}\n",
                 disks[0].display(),
@@ -227,6 +242,8 @@ cluster t{id} {{
             snmpd: Some(ChildGuard(snmpd)),
             switch,
             nodes,
+            client,
+            vip,
             dir,
             config,
             ips,
@@ -363,6 +380,35 @@ cluster t{id} {{
                     .args(["link", "set", "dev", port, "isolated", "on"]),
             );
         }
+    }
+
+    /// Writes 64 KiB of `pattern` at block `n` through the VIP over NBD from the client, with
+    /// a bound; true when acknowledged.
+    fn client_write(&self, n: u64, pattern: u8) -> bool {
+        run(self
+            .client
+            .cmd("timeout")
+            .arg("5")
+            .arg(tool("qemu-io", "qemu-utils"))
+            .args(["-f", "raw", "-c"])
+            .arg(format!("write -P {pattern} {} 64k", n * 65536))
+            .arg(format!("nbd://{}:10809/r0", self.vip)))
+        .status
+        .success()
+    }
+
+    /// Reads block `n` through the VIP and checks it holds `pattern`.
+    fn client_check(&self, n: u64, pattern: u8) -> bool {
+        let out = run(self
+            .client
+            .cmd("timeout")
+            .arg("10")
+            .arg(tool("qemu-io", "qemu-utils"))
+            .args(["-f", "raw", "-c"])
+            .arg(format!("read -P {pattern} {} 64k", n * 65536))
+            .arg(format!("nbd://{}:10809/r0", self.vip)));
+        out.status.success()
+            && !String::from_utf8_lossy(&out.stdout).contains("Pattern verification failed")
     }
 
     fn port_admin_up(&self, port: &str) -> bool {
@@ -618,4 +664,60 @@ fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
         "{s}"
     );
     lab.wait_replica(1, "beta's replicatord Primary", |s| s["role"] == "Primary");
+}
+
+#[test]
+fn pulled_plug_the_client_writes_through_the_vip_again_on_beta_and_loses_no_acknowledged_write() {
+    let mut lab = Lab::new(44, false);
+    healthy(&mut lab);
+    lab.wait_cluster(0, "r0's group (the VIP) started on alpha", |s| {
+        s["resources"][0]["group-started"] == true
+    });
+    let mut acked: Vec<(u64, u8)> = Vec::new();
+    let pattern = |n: u64| u8::try_from(n % 250).unwrap() + 1;
+    for n in 0..10 {
+        assert!(
+            lab.client_write(n, pattern(n)),
+            "write {n} through the VIP on alpha"
+        );
+        acked.push((n, pattern(n)));
+    }
+    // The power cut: alpha's port goes dark and its processes die.
+    let cut = std::time::Instant::now();
+    run_ok(lab.switch.cmd("ip").args(["link", "set", "swp1", "down"]));
+    lab.kill(0);
+    let mut n = 10;
+    let first_on_beta = loop {
+        if lab.client_write(n, pattern(n)) {
+            acked.push((n, pattern(n)));
+            n += 1;
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < WAIT,
+            "no write succeeded through the VIP within {WAIT:?}"
+        );
+        n += 1;
+    };
+    eprintln!(
+        "pulled plug: first acknowledged write through the VIP {first_on_beta:?} after the cut"
+    );
+    for _ in 0..5 {
+        assert!(
+            lab.client_write(n, pattern(n)),
+            "write {n} through the VIP on beta"
+        );
+        acked.push((n, pattern(n)));
+        n += 1;
+    }
+    let s = lab.cluster(1).expect("beta's status");
+    assert_eq!(primary_of_r0(&s).as_deref(), Some("beta"), "{s}");
+    assert_eq!(node_state(&s, "alpha"), "fenced", "{s}");
+    assert_eq!(s["resources"][0]["group-started"], true, "{s}");
+    for (n, p) in &acked {
+        assert!(
+            lab.client_check(*n, *p),
+            "acknowledged write {n} (pattern {p}) is on beta"
+        );
+    }
 }
