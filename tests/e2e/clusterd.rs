@@ -651,6 +651,7 @@ fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
             .is_err()
             .then_some(())
     });
+    let died = std::time::Instant::now();
     let s = lab.wait_cluster(1, "beta to fence alpha by SBD and promote r0", |s| {
         primary_of_r0(s).as_deref() == Some("beta")
     });
@@ -664,6 +665,10 @@ fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
         "{s}"
     );
     lab.wait_replica(1, "beta's replicatord Primary", |s| s["role"] == "Primary");
+    eprintln!(
+        "sbd: beta Primary {:?} after alpha died (token, priority delay, msgwait)",
+        died.elapsed()
+    );
 }
 
 #[test]

@@ -656,6 +656,23 @@ impl Daemon {
         let from = usize::from(hb.node_id);
         let now = self.now_ms();
         let info = &mut self.peers[from];
+        // An older heartbeat of the same incarnation is a replay or arrived late: it must not
+        // make a lost node look alive. (Every link carries the same sequence number, so an
+        // equal one is the same round on another link.) Another incarnation is a restart,
+        // whatever its clock says.
+        if let Some(last) = &info.last {
+            if hb.incarnation == last.incarnation && hb.seq < last.seq {
+                tracing::debug!(
+                    "heartbeat from {} on link {link}: sequence {}/{} older than {}/{}; dropped",
+                    hb.node,
+                    hb.incarnation,
+                    hb.seq,
+                    last.incarnation,
+                    last.seq
+                );
+                return;
+            }
+        }
         info.link_seen_ms.insert(link, now);
         let primary_for = hb
             .resources
