@@ -124,6 +124,39 @@ impl Lab {
             ]);
             ip(&["-n", &node.name, "link", "set", "eth0", "up"]);
         }
+        // A second heartbeat link: br1, ports lnk1/lnk2 to the nodes' eth1 (no SNMP on it).
+        ip(&["-n", &switch.name, "link", "add", "br1", "type", "bridge"]);
+        ip(&["-n", &switch.name, "link", "set", "br1", "up"]);
+        let ips2 = [format!("10.197.{id}.1"), format!("10.197.{id}.2")];
+        for (i, node) in nodes.iter().enumerate() {
+            let port = format!("lnk{}", i + 1);
+            ip(&[
+                "link",
+                "add",
+                &port,
+                "netns",
+                &switch.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth1",
+                "netns",
+                &node.name,
+            ]);
+            ip(&["-n", &switch.name, "link", "set", &port, "master", "br1"]);
+            ip(&["-n", &switch.name, "link", "set", &port, "up"]);
+            ip(&[
+                "-n",
+                &node.name,
+                "addr",
+                "add",
+                &format!("{}/24", ips2[i]),
+                "dev",
+                "eth1",
+            ]);
+            ip(&["-n", &node.name, "link", "set", "eth1", "up"]);
+        }
 
         let dir = tempfile::tempdir().expect("temp dir");
         let snmpd_conf = dir.path().join("snmpd.conf");
@@ -204,8 +237,8 @@ impl Lab {
     on beta  {{ device /dev/nbd0; disk {}; meta-disk internal; address {}:7788; }}
 }}
 cluster t{id} {{
-    node alpha {{ address {}; {} }}
-    node beta  {{ address {}; {} }}
+    node alpha {{ address {}; address {}; {} }}
+    node beta  {{ address {}; address {}; {} }}
     {sbd_section}
     quorum {{ two-node yes; }}
     token 1000;
@@ -217,8 +250,10 @@ cluster t{id} {{
                 disks[1].display(),
                 ips[1],
                 ips[0],
+                ips2[0],
                 fence[0],
                 ips[1],
+                ips2[1],
                 fence[1],
                 alert.display(),
             ),
@@ -341,6 +376,20 @@ cluster t{id} {{
         );
     }
 
+    /// Takes node `i`'s link `link` (eth0 or eth1) down or up, on the switch's side.
+    fn link(&self, i: usize, link: usize, up: bool) {
+        let port = if link == 0 {
+            format!("swp{}", i + 1)
+        } else {
+            format!("lnk{}", i + 1)
+        };
+        run_ok(
+            self.switch
+                .cmd("ip")
+                .args(["link", "set", &port, if up { "up" } else { "down" }]),
+        );
+    }
+
     fn kill(&mut self, i: usize) {
         let prefix = format!("{}-", NAMES[i]);
         self.daemons.retain(|(n, _)| !n.starts_with(&prefix));
@@ -370,10 +419,11 @@ cluster t{id} {{
         wait_for(what, WAIT, || self.cluster(i).filter(|s| f(s)))
     }
 
-    /// Isolates the switch's ports from each other (bridge port isolation): the nodes no
-    /// longer reach each other, but each still reaches the switch's own address (SNMP).
+    /// Isolates the switch's ports from each other on both links (bridge port isolation): the
+    /// nodes no longer reach each other, but each still reaches the switch's own address
+    /// (SNMP).
     fn partition(&self) {
-        for port in ["swp1", "swp2"] {
+        for port in ["swp1", "swp2", "lnk1", "lnk2"] {
             run_ok(
                 self.switch
                     .cmd(tool("bridge", "iproute2"))
@@ -532,9 +582,29 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
         s["disk"] == "UpToDate" && s["peers"][0]["replication"] == "Established"
     });
 
-    // The power cut: alpha's processes die, its link goes down.
+    // Redundant links: with alpha's second link down for several tokens, nobody is lost.
+    lab.link(0, 1, false);
+    lab.wait_cluster(1, "beta to hear alpha on link 0 only", |s| {
+        s["nodes"][0]["links-up"] == serde_json::json!([0])
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let s = lab.cluster(1).unwrap();
+    assert_eq!(node_state(&s, "alpha"), "online", "{s}");
+    assert!(s["fence-events"].as_array().unwrap().is_empty(), "{s}");
+    lab.link(0, 1, true);
+    lab.wait_cluster(1, "beta to hear alpha on both links", |s| {
+        s["nodes"][0]["links-up"] == serde_json::json!([0, 1])
+    });
+
+    // The power cut: alpha's processes die, its links go down.
     lab.kill(0);
     run_ok(lab.nodes[0].cmd("ip").args(["link", "set", "eth0", "down"]));
+    run_ok(lab.nodes[0].cmd("ip").args(["link", "set", "eth1", "down"]));
+    let out = run(&mut lab.tool(0, "clusterctl", &["status"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("clusterd is not running"),
+        "{out:?}"
+    );
 
     let s = lab.wait_cluster(1, "beta to fence alpha and promote r0", |s| {
         primary_of_r0(s).as_deref() == Some("beta")
@@ -625,6 +695,14 @@ fn partition_the_primary_fences_the_other_through_the_fence_peer_handler() {
     let a = lab.cluster(0).unwrap();
     assert_eq!(primary_of_r0(&a).as_deref(), Some("alpha"), "{a}");
     assert_eq!(a["quorum"], true, "{a}");
+    let out = run(&mut lab.tool(0, "clusterctl", &["move", "r0", "beta"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node beta is not online; refusing to move r0"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]
@@ -689,7 +767,8 @@ fn pulled_plug_the_client_writes_through_the_vip_again_on_beta_and_loses_no_ackn
     }
     // The power cut: alpha's port goes dark and its processes die.
     let cut = std::time::Instant::now();
-    run_ok(lab.switch.cmd("ip").args(["link", "set", "swp1", "down"]));
+    lab.link(0, 0, false);
+    lab.link(0, 1, false);
     lab.kill(0);
     let mut n = 10;
     let first_on_beta = loop {
