@@ -108,6 +108,15 @@ pub enum Event {
         /// The connected peer is Primary.
         primary: bool,
     },
+    /// Whether `from` has quorum (sent with each heartbeat). A node with `wait-for-all` that
+    /// hears from a quorate peer shares its quorum (corosync: a node joining a quorate
+    /// partition); a peer without quorum is not chosen to promote.
+    PeerQuorum {
+        /// The sender.
+        from: NodeId,
+        /// It has quorum.
+        quorate: bool,
+    },
     /// A Promote or Demote of `resource` failed; it is retried after [`RETRY_MS`].
     ActionFailed {
         /// The resource.
@@ -171,6 +180,8 @@ struct Peer {
     up_to_date: Option<Vec<String>>,
     /// Rounds of every fence method failing since it was lost.
     failed_rounds: u32,
+    /// Whether it has quorum, once it told us.
+    quorate: Option<bool>,
 }
 
 /// How this node sees a peer, for status.
@@ -207,6 +218,8 @@ pub struct Cluster {
     replicas: BTreeMap<String, Replica>,
     standby: Vec<NodeId>,
     moves: BTreeMap<String, NodeId>,
+    /// wait-for-all is satisfied by a quorate peer even though not every node was seen.
+    joined_quorate: bool,
     out: Vec<Action>,
     /// The time of the first event: peers unseen `token` ms after it are fenced.
     start_ms: Option<u64>,
@@ -230,6 +243,7 @@ impl Cluster {
             replicas,
             standby: Vec::new(),
             moves: BTreeMap::new(),
+            joined_quorate: false,
             out: Vec::new(),
             start_ms: None,
         }
@@ -237,7 +251,10 @@ impl Cluster {
 
     /// True when this node has quorum now.
     pub fn has_quorum(&self) -> bool {
-        if self.cfg.wait_for_all && self.peers.values().any(|p| !p.seen_ever) {
+        if self.cfg.wait_for_all
+            && !self.joined_quorate
+            && self.peers.values().any(|p| !p.seen_ever)
+        {
             return false;
         }
         let alive = 1 + self
@@ -380,6 +397,12 @@ impl Cluster {
             Event::Admin { standby, moves } => {
                 self.standby = standby;
                 self.moves = moves.into_iter().collect();
+            }
+            Event::PeerQuorum { from, quorate } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.quorate = Some(quorate);
+                    self.joined_quorate |= quorate && !p.lost && p.seen_ever;
+                }
             }
             Event::PeerRole { resource, primary } => {
                 if let Some(r) = self.replicas.get_mut(&resource) {
@@ -581,6 +604,7 @@ impl Cluster {
             p.seen_ever
                 && !p.lost
                 && p.fencing.is_none()
+                && p.quorate != Some(false)
                 && p.up_to_date
                     .as_ref()
                     .is_none_or(|u| u.iter().any(|x| x == res))
@@ -954,5 +978,63 @@ mod tests {
             "isolated, it cannot fence: stop serving: {acts:?}"
         );
         assert!(acts.contains(&Action::Fence { node: 1, method: 0 }));
+    }
+
+    #[test]
+    fn a_node_joining_a_quorate_partition_shares_its_quorum() {
+        let mut c = cfg(2);
+        c.nodes.push("gamma".into());
+        c.two_node = false;
+        let mut g = Cluster::new(c);
+        g.apply(replica(false), 0);
+        g.apply(hb(0, false), 10);
+        assert!(!g.has_quorum(), "wait-for-all: beta never seen");
+        g.apply(
+            Event::PeerQuorum {
+                from: 0,
+                quorate: true,
+            },
+            20,
+        );
+        g.apply(hb(0, false), 20);
+        assert!(
+            g.has_quorum(),
+            "alpha is quorate: gamma joins its partition"
+        );
+    }
+
+    #[test]
+    fn a_peer_without_quorum_is_not_the_promoter() {
+        let mut c = cfg(2);
+        c.nodes.push("gamma".into());
+        c.two_node = false;
+        c.wait_for_all = false;
+        let mut g = Cluster::new(c);
+        let not_quorate = Event::PeerQuorum {
+            from: 0,
+            quorate: false,
+        };
+        g.apply(not_quorate.clone(), 0);
+        g.apply(hb(0, false), 0);
+        g.apply(replica(false), 10);
+        // beta, never seen, is startup-fenced first.
+        for t in [900, 1800, 2700, 3600, 4500, 5400, 6300, 7200] {
+            g.apply(not_quorate.clone(), t);
+            g.apply(hb(0, false), t);
+        }
+        let acts = g.apply(
+            Event::FenceResult {
+                node: 1,
+                method: 0,
+                ok: true,
+            },
+            7300,
+        );
+        assert!(
+            acts.contains(&Action::Promote {
+                resource: "r0".into()
+            }),
+            "alpha (lowest) has no quorum: gamma promotes: {acts:?}"
+        );
     }
 }

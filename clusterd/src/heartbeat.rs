@@ -11,7 +11,7 @@
 //! ```text
 //!  0  4  magic "TDHB"
 //!  4  1  version (1)
-//!  5  1  flags (none defined yet; must be 0)
+//!  5  1  flags: bit 0 the sender has quorum; the others must be 0
 //!  6  2  sender's node id (its index in the cluster block)
 //!  8  8  incarnation (the sender's start time, ms since the Unix epoch)
 //! 16  8  sequence number (per incarnation, from 0)
@@ -44,6 +44,7 @@ pub const MAX_ENTRIES: usize = 32;
 const MAGIC: &[u8; 4] = b"TDHB";
 const VERSION: u8 = 1;
 const MAC_BYTES: usize = 32;
+const FLAG_QUORATE: u8 = 1;
 const FIXED_BYTES: usize = 25;
 
 /// One resource as the sender sees its own replica.
@@ -79,6 +80,9 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Which of the sender's links.
     pub link: u8,
+    /// The sender has quorum (a node joining a quorate partition shares its quorum, as
+    /// corosync's wait-for-all allows).
+    pub quorate: bool,
     /// The cluster name.
     pub cluster: String,
     /// The sender's node name.
@@ -188,7 +192,7 @@ impl Heartbeat {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        out.push(0);
+        out.push(u8::from(self.quorate));
         out.extend_from_slice(&self.node_id.to_be_bytes());
         out.extend_from_slice(&self.incarnation.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -235,9 +239,10 @@ impl Heartbeat {
         m.update(body);
         // verify_slice compares in constant time.
         m.verify_slice(tag).map_err(|_| HeartbeatError::Mac)?;
-        if body[5] != 0 {
+        if body[5] & !FLAG_QUORATE != 0 {
             return Err(HeartbeatError::Flags(body[5]));
         }
+        let quorate = body[5] & FLAG_QUORATE != 0;
         let mut r = Reader { buf: body, pos: 6 };
         let node_id = r.u16("node id")?;
         let incarnation = r.u64("incarnation")?;
@@ -279,6 +284,7 @@ impl Heartbeat {
             incarnation,
             seq,
             link,
+            quorate,
             cluster,
             node,
             resources,
@@ -348,6 +354,7 @@ mod tests {
             incarnation: 1_790_000_000_000,
             seq: 42,
             link: 1,
+            quorate: true,
             cluster: "pi".into(),
             node: "beta".into(),
             resources: vec![
@@ -375,7 +382,7 @@ mod tests {
         let k = key("pi", ["s3cret"]);
         let hb = sample();
         let bytes = hb.encode(&k).unwrap();
-        assert_eq!(&bytes[..6], b"TDHB\x01\x00");
+        assert_eq!(&bytes[..6], b"TDHB\x01\x01", "version 1, quorate");
         assert_eq!(&bytes[6..8], &[0, 1]);
         assert_eq!(bytes[24], 1, "link");
         assert_eq!(&bytes[25..28], b"\x02pi");
@@ -452,13 +459,13 @@ mod tests {
         #[test]
         fn any_heartbeat_round_trips(
             node_id in any::<u16>(), incarnation in any::<u64>(), seq in any::<u64>(),
-            link in any::<u8>(), cluster in name(), node in name(),
+            link in any::<u8>(), quorate in any::<bool>(), cluster in name(), node in name(),
             resources in prop::collection::vec((name(), any::<bool>(), any::<bool>()), 0..8),
             epoch in any::<u64>(), standby in prop::collection::vec(any::<u16>(), 0..4),
             moves in prop::collection::vec((name(), any::<u16>()), 0..4),
         ) {
             let hb = Heartbeat {
-                node_id, incarnation, seq, link, cluster, node,
+                node_id, incarnation, seq, link, quorate, cluster, node,
                 resources: resources.into_iter().map(|(name, primary, up_to_date)| {
                     ResourceState { name, primary, up_to_date }
                 }).collect(),

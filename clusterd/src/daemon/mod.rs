@@ -686,12 +686,14 @@ impl Daemon {
             .filter(|r| r.up_to_date)
             .map(|r| r.name.clone())
             .collect();
+        let quorate = hb.quorate;
         let newer = hb.admin.epoch > self.admin.epoch
             || (hb.admin.epoch == self.admin.epoch && hb.admin != self.admin && from < self.me);
         let admin = newer.then(|| hb.admin.clone());
         info.last = Some(hb);
-        // Disks first: the heartbeat's decisions (who promotes) use them.
+        // Disks and quorum first: the heartbeat's decisions (who promotes) use them.
         self.apply(Event::PeerDisks { from, up_to_date });
+        self.apply(Event::PeerQuorum { from, quorate });
         self.apply(Event::Heartbeat {
             from,
             link,
@@ -795,6 +797,7 @@ impl Daemon {
             incarnation: self.incarnation,
             seq: self.seq,
             link: 0,
+            quorate: self.core.has_quorum(),
             cluster: self.cluster.name.clone(),
             node: self.name(self.me).to_string(),
             resources,
