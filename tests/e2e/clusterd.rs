@@ -65,6 +65,12 @@ impl Drop for Lab {
 impl Lab {
     /// A lab whose nodes are fenced by IF-MIB (`sbd` false) or by SBD on a file (true).
     fn new(id: u8, sbd: bool) -> Lab {
+        Lab::with_group(id, sbd, "")
+    }
+
+    /// Like [`Lab::new`] with `group` added to the cluster's resource r0 (`@DIR@` stands for
+    /// the lab's directory).
+    fn with_group(id: u8, sbd: bool, group: &str) -> Lab {
         let pid = std::process::id();
         let switch = Netns::new(&format!("tcl{id}sw-{pid}"));
         let nodes = [
@@ -223,6 +229,7 @@ impl Lab {
             ),
         };
         let vip = format!("{net}.10");
+        let group = group.replace("@DIR@", &dir.path().display().to_string());
         let config = dir.path().join("tandem.conf");
         std::fs::write(
             &config,
@@ -242,7 +249,7 @@ cluster t{id} {{
     {sbd_section}
     quorum {{ two-node yes; }}
     token 1000;
-    resource r0 {{ export nbd; vip {vip}/24; }}
+    resource r0 {{ export nbd; vip {vip}/24; {group} }}
     alert \"{}\";
 }}\n",
                 disks[0].display(),
@@ -804,4 +811,52 @@ fn pulled_plug_the_client_writes_through_the_vip_again_on_beta_and_loses_no_ackn
             "acknowledged write {n} (pattern {p}) is on beta"
         );
     }
+}
+
+#[test]
+fn a_failed_monitor_moves_the_resource_at_migration_threshold() {
+    let mut lab = Lab::with_group(
+        45,
+        false,
+        "ocf heartbeat:Dummy state=@DIR@/dummy.state; migration-threshold 1;",
+    );
+    healthy(&mut lab);
+    lab.wait_cluster(0, "r0's group (Dummy, VIP) started on alpha", |s| {
+        primary_of_r0(s).as_deref() == Some("alpha") && s["resources"][0]["group-started"] == true
+    });
+    let state = lab.path().join("dummy.state");
+    assert!(state.exists(), "Dummy's start wrote its state file");
+    // The agent's resource dies behind clusterd's back: its next monitor fails.
+    std::fs::remove_file(&state).unwrap();
+    let b = lab.wait_cluster(1, "r0 moved to beta after the failed monitor", |s| {
+        primary_of_r0(s).as_deref() == Some("beta") && s["resources"][0]["group-started"] == true
+    });
+    assert_eq!(b["resources"][0]["moved-to"], "beta", "{b}");
+    let a = lab.wait_cluster(0, "alpha to see r0 on beta", |s| {
+        primary_of_r0(s).as_deref() == Some("beta")
+    });
+    let failed = a["failed-actions"].as_array().unwrap();
+    assert!(
+        failed
+            .iter()
+            .any(|f| f["resource"] == "r0" && f["action"] == "monitor"),
+        "{a}"
+    );
+    assert_eq!(a["resources"][0]["fail-count"], 1, "{a}");
+    assert!(state.exists(), "Dummy started again on beta");
+    assert!(
+        a["fence-events"].as_array().unwrap().is_empty(),
+        "a clean move: {a}"
+    );
+    run_ok(&mut lab.tool(0, "clusterctl", &["cleanup", "r0"]));
+    let a = lab.wait_cluster(0, "cleanup to forget the failure and the move", |s| {
+        s["resources"][0]["moved-to"].is_null()
+    });
+    assert!(a["failed-actions"].as_array().unwrap().is_empty(), "{a}");
+    assert_eq!(a["resources"][0]["fail-count"], 0, "{a}");
+    assert_eq!(
+        primary_of_r0(&a).as_deref(),
+        Some("beta"),
+        "r0 stays where it is: {a}"
+    );
 }
