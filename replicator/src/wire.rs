@@ -33,7 +33,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 /// Packet magic: "TNDR".
 pub const MAGIC: u32 = 0x544e_4452;
 /// Version of this protocol; peers with a different major version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Header size.
 pub const HEADER_BYTES: usize = 12;
 /// The largest application write (NBD allows 32 MiB) plus room for the fixed fields.
@@ -249,6 +249,22 @@ pub enum Packet {
         /// The UUID.
         uuid: u64,
     },
+    /// A connected Secondary asks its peer to agree to its promotion (type 15, data socket).
+    ///
+    /// Payload (8 bytes): 0: u64 nonce, random; when both nodes ask at once, the larger
+    /// nonce wins and the other is refused (equal nonces: both are refused).
+    PromoteRequest {
+        /// Tie-breaker.
+        nonce: u64,
+    },
+    /// The answer to a [`Packet::PromoteRequest`] (type 16, data socket).
+    ///
+    /// Payload (4 bytes): 0: u32 granted (1) or refused (0); other values are invalid.
+    PromoteReply {
+        /// The peer agrees: it is not Primary and will not become Primary before it has seen
+        /// this node's new role.
+        granted: bool,
+    },
     /// An application write (type 20, data socket).
     ///
     /// Payload (24 + len bytes): 0: u64 seq, 8: u64 offset, 16: u32 epoch, 20: u32 flags (only
@@ -435,6 +451,10 @@ pub enum PacketType {
     Bitmap = 13,
     /// [`Packet::SyncUuid`].
     SyncUuid = 14,
+    /// [`Packet::PromoteRequest`].
+    PromoteRequest = 15,
+    /// [`Packet::PromoteReply`].
+    PromoteReply = 16,
     /// [`Packet::Data`].
     Data = 20,
     /// [`Packet::RecvAck`].
@@ -488,7 +508,7 @@ enum PayloadShape {
 
 impl PacketType {
     /// Every packet type, in type-number order.
-    pub const ALL: [PacketType; 26] = [
+    pub const ALL: [PacketType; 28] = [
         PacketType::Hello,
         PacketType::AuthChallenge,
         PacketType::AuthResponse,
@@ -498,6 +518,8 @@ impl PacketType {
         PacketType::State,
         PacketType::Bitmap,
         PacketType::SyncUuid,
+        PacketType::PromoteRequest,
+        PacketType::PromoteReply,
         PacketType::Data,
         PacketType::RecvAck,
         PacketType::WriteAck,
@@ -534,6 +556,8 @@ impl PacketType {
             PacketType::State => "State",
             PacketType::Bitmap => "Bitmap",
             PacketType::SyncUuid => "SyncUuid",
+            PacketType::PromoteRequest => "PromoteRequest",
+            PacketType::PromoteReply => "PromoteReply",
             PacketType::Data => "Data",
             PacketType::RecvAck => "RecvAck",
             PacketType::WriteAck => "WriteAck",
@@ -567,6 +591,8 @@ impl PacketType {
             | PacketType::State
             | PacketType::Bitmap
             | PacketType::SyncUuid
+            | PacketType::PromoteRequest
+            | PacketType::PromoteReply
             | PacketType::Data
             | PacketType::DataDigest
             | PacketType::Barrier
@@ -609,11 +635,12 @@ impl PacketType {
             PacketType::State => PayloadShape::Fixed(2),
             PacketType::Bitmap => PayloadShape::Bitmap,
             PacketType::SyncUuid
+            | PacketType::PromoteRequest
             | PacketType::RecvAck
             | PacketType::WriteAck
             | PacketType::NegAck
             | PacketType::BarrierAck => PayloadShape::Fixed(8),
-            PacketType::Barrier => PayloadShape::Fixed(4),
+            PacketType::Barrier | PacketType::PromoteReply => PayloadShape::Fixed(4),
             PacketType::Data => PayloadShape::Data {
                 fixed: DATA_FIXED_BYTES,
             },
@@ -805,6 +832,8 @@ impl Packet {
             Packet::State { .. } => PacketType::State,
             Packet::Bitmap { .. } => PacketType::Bitmap,
             Packet::SyncUuid { .. } => PacketType::SyncUuid,
+            Packet::PromoteRequest { .. } => PacketType::PromoteRequest,
+            Packet::PromoteReply { .. } => PacketType::PromoteReply,
             Packet::Data { .. } => PacketType::Data,
             Packet::RecvAck { .. } => PacketType::RecvAck,
             Packet::WriteAck { .. } => PacketType::WriteAck,
@@ -881,6 +910,8 @@ impl Packet {
             | Packet::Sizes { .. }
             | Packet::State { .. }
             | Packet::SyncUuid { .. }
+            | Packet::PromoteRequest { .. }
+            | Packet::PromoteReply { .. }
             | Packet::RecvAck { .. }
             | Packet::WriteAck { .. }
             | Packet::NegAck { .. }
@@ -1013,6 +1044,8 @@ pub fn encode_head(packet: &Packet, out: &mut BytesMut) -> Option<Bytes> {
             }
         }
         Packet::SyncUuid { uuid } => out.put_u64(*uuid),
+        Packet::PromoteRequest { nonce } => out.put_u64(*nonce),
+        Packet::PromoteReply { granted } => out.put_u32(u32::from(*granted)),
         Packet::Data {
             seq,
             epoch,
@@ -1357,6 +1390,20 @@ fn parse_payload(ty: PacketType, payload: &[u8]) -> Result<Packet, WireError> {
         PacketType::SyncUuid => Packet::SyncUuid {
             uuid: r.u64("uuid")?,
         },
+        PacketType::PromoteRequest => Packet::PromoteRequest {
+            nonce: r.u64("nonce")?,
+        },
+        PacketType::PromoteReply => match r.u32("granted")? {
+            0 => Packet::PromoteReply { granted: false },
+            1 => Packet::PromoteReply { granted: true },
+            other => {
+                return Err(WireError::BadValue {
+                    packet,
+                    field: "granted",
+                    value: u64::from(other),
+                })
+            }
+        },
         PacketType::Data => {
             let seq = r.u64("seq")?;
             let offset = r.u64("offset")?;
@@ -1622,6 +1669,8 @@ mod tests {
             Packet::SyncUuid {
                 uuid: 0xdead_beef_cafe_f00d,
             },
+            Packet::PromoteRequest { nonce: 7 },
+            Packet::PromoteReply { granted: true },
             data_packet(),
             Packet::RecvAck { seq: 1 },
             Packet::WriteAck { seq: 2 },
@@ -1739,8 +1788,8 @@ mod tests {
         assert_eq!(
             numbers,
             [
-                1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 26, 30, 31, 32, 33, 34, 35,
-                36, 37, 40, 41
+                1, 2, 3, 4, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 25, 26, 30, 31, 32, 33,
+                34, 35, 36, 37, 40, 41
             ]
         );
         for t in PacketType::ALL {
@@ -1791,7 +1840,7 @@ mod tests {
             0x00, 0x01, // type 1
             0x00, 0x00, // reserved
             0x00, 0x00, 0x00, 0x17, // payload 23 bytes
-            0x00, 0x01, // version 1
+            0x00, 0x02, // version 2
             0x01, // socket Meta
             0x02, // protocol C
             0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // session_id
@@ -1840,8 +1889,27 @@ mod tests {
     }
 
     #[test]
+    fn promote_reply_is_granted_or_refused() {
+        let refused = Packet::PromoteReply { granted: false };
+        assert_eq!(
+            decode(&mut BytesMut::from(&encoded(&refused)[..])).unwrap(),
+            Some(refused)
+        );
+        let mut bad = encoded(&Packet::PromoteReply { granted: true });
+        bad[HEADER_BYTES + 3] = 2;
+        assert_eq!(
+            decode_err(&bad),
+            WireError::BadValue {
+                packet: "PromoteReply",
+                field: "granted",
+                value: 2
+            }
+        );
+    }
+
+    #[test]
     fn encode_head_leaves_the_data_uncopied() {
-        for p in [data_packet(), one_of_each()[17].clone()] {
+        for p in [data_packet(), one_of_each()[19].clone()] {
             let mut head = BytesMut::new();
             let data = encode_head(&p, &mut head).expect("data packets return their data");
             let (Packet::Data { data: own, .. } | Packet::RsDataReply { data: own, .. }) = &p
@@ -1918,7 +1986,7 @@ mod tests {
 
     #[test]
     fn unknown_type() {
-        for type_nr in [0, 5, 15, 27, 38, 42, u16::MAX] {
+        for type_nr in [0, 5, 17, 27, 38, 42, u16::MAX] {
             assert_eq!(
                 decode_err(&header(type_nr, 0)),
                 WireError::UnknownType { type_nr }
@@ -2318,7 +2386,7 @@ mod tests {
                 }
             );
         }
-        let mut reply = encoded(&one_of_each()[17]);
+        let mut reply = encoded(&one_of_each()[19]);
         reply[HEADER_BYTES + 15] = 8; // offset 8192 + 8
         assert_eq!(
             decode_err(&reply),
@@ -2519,6 +2587,8 @@ mod tests {
                     last
                 }),
             any::<u64>().prop_map(|uuid| Packet::SyncUuid { uuid }),
+            any::<u64>().prop_map(|nonce| Packet::PromoteRequest { nonce }),
+            any::<bool>().prop_map(|granted| Packet::PromoteReply { granted }),
             (any::<u64>(), any::<u32>(), arb_data(), 0u32..=1).prop_map(
                 |(seq, epoch, (offset, data), flags)| Packet::Data {
                     seq,

@@ -450,6 +450,8 @@ enum IoPurpose {
     RsWrite {
         offset: u64,
         len: u64,
+        /// The connection whose resync it belongs to.
+        gen: u64,
     },
     ResyncDoneFlush,
     AlTransaction,
@@ -494,6 +496,7 @@ enum Blocked {
     RsWrite {
         offset: u64,
         data: Bytes,
+        gen: u64,
     },
 }
 
@@ -504,7 +507,7 @@ impl Blocked {
                 let w = &writes[seq];
                 (w.offset, w.data.len() as u64)
             }
-            Blocked::PeerWrite { offset, data, .. } | Blocked::RsWrite { offset, data } => {
+            Blocked::PeerWrite { offset, data, .. } | Blocked::RsWrite { offset, data, .. } => {
                 (*offset, data.len() as u64)
             }
             Blocked::RsRead { offset, len, .. } => (*offset, u64::from(*len)),
@@ -660,6 +663,8 @@ pub struct Node {
     al_wait: VecDeque<Blocked>,
     /// After the bitmap exchange: become SyncSource (true) or SyncTarget (false).
     pending_sync: Option<bool>,
+    /// A promotion waiting for the connected peer's agreement: (command, force, nonce).
+    promoting: Option<(ReqId, bool, u64)>,
     resync: Option<Resync>,
     /// Online verify in progress (VerifyS).
     ov: Option<Verify>,
@@ -766,6 +771,7 @@ impl Node {
             rs_flushing: 0,
             al_wait: VecDeque::new(),
             pending_sync: None,
+            promoting: None,
             resync: None,
             ov: None,
             last_verify: None,
@@ -925,6 +931,15 @@ impl Node {
     pub fn apply(&mut self, event: Event, now_ms: u64) -> Vec<Action> {
         self.now_ms = now_ms;
         match event {
+            Event::Command {
+                req,
+                command: Command::Primary { force },
+            } if self.role == Role::Secondary
+                && self.conn == ConnState::Connected
+                && !self.cfg.allow_two_primaries =>
+            {
+                self.ask_to_promote(req, force);
+            }
             Event::Command { req, command } => {
                 let result = self.command(command);
                 self.out.push(Action::Reply { req, result });
@@ -1015,58 +1030,125 @@ impl Node {
         }
     }
 
+    /// The refusals of `primary` (none of them changes anything).
+    fn promote_check(&self, force: bool) -> Result<(), String> {
+        if self.peer.role == Some(Role::Primary) && !self.cfg.allow_two_primaries {
+            return Err(
+                "the peer is Primary; demote it first (replctl secondary on the peer)".into(),
+            );
+        }
+        if matches!(
+            self.repl,
+            ReplState::SyncTarget | ReplState::WFBitMap | ReplState::WFReportParams
+        ) {
+            return Err(format!(
+                "cannot promote while {}: the disk is not UpToDate yet",
+                self.repl
+            ));
+        }
+        if !self.rx_queue.is_empty() {
+            // Replicated writes held back until an earlier epoch is flushed: a write
+            // of ours must never be overtaken by one of the peer's older writes
+            // (simulator seed 1299: a held peer write landed over a newer local one).
+            return Err(format!(
+                "{} replicated write(s) from the peer are still being applied; try again in a moment",
+                self.rx_queue.len()
+            ));
+        }
+        if self.disk != DiskState::UpToDate {
+            if !force {
+                return Err(format!(
+                    "the disk is {}, not UpToDate; use 'primary --force' only to start the initial sync",
+                    self.disk
+                ));
+            }
+            if self.peer.disk == Some(DiskState::UpToDate) {
+                return Err(
+                    "the peer's disk is UpToDate and mine is not; let it sync first".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Promotes, once [`Node::promote_check`] passed.
+    fn promote_now(&mut self, force: bool) {
+        if self.disk != DiskState::UpToDate {
+            self.disk = DiskState::UpToDate;
+            self.role = Role::Primary;
+            self.new_current_uuid();
+        } else {
+            self.role = Role::Primary;
+            if self.conn != ConnState::Connected || self.repl == ReplState::Off {
+                self.new_current_uuid();
+            }
+        }
+        self.persist();
+        if self.conn == ConnState::Connected && self.repl == ReplState::Established && force {
+            // primary --force with a connected peer: a new data generation, so both sides
+            // compare UUIDs again and the peer becomes SyncTarget.
+            self.rehandshake_fresh();
+        } else {
+            self.send_state();
+        }
+        self.notify(format!("role Primary (disk {})", self.disk));
+    }
+
+    /// A connected Secondary promotes only with its peer's agreement (DRBD makes a promotion
+    /// a cluster-wide state change): two operators promoting the two nodes at the same moment
+    /// must not both succeed, even for the time their State packets cross.
+    fn ask_to_promote(&mut self, req: ReqId, force: bool) {
+        let refused = if self.promoting.is_some() {
+            Err("a promotion is already waiting for the peer's answer".to_string())
+        } else {
+            self.promote_check(force)
+        };
+        if let Err(e) = refused {
+            self.out.push(Action::Reply {
+                req,
+                result: Err(e),
+            });
+            return;
+        }
+        let nonce = self.new_uuid();
+        self.promoting = Some((req, force, nonce));
+        self.out
+            .push(Action::Send(Packet::PromoteRequest { nonce }));
+    }
+
+    /// The peer asks to become Primary: agree unless this node is Primary, or is asking too
+    /// and wins the tie (the larger nonce).
+    fn peer_asks_to_promote(&mut self, nonce: u64) {
+        let granted = self.role == Role::Secondary
+            && self.promoting.is_none_or(|(_, _, mine)| mine < nonce);
+        self.out
+            .push(Action::Send(Packet::PromoteReply { granted }));
+    }
+
+    /// The peer answered our request. It will not become Primary before it has seen our
+    /// State (it sends on the same socket, in order), so checking again here is enough.
+    fn peer_answers_promotion(&mut self, granted: bool) {
+        let Some((req, force, _)) = self.promoting.take() else {
+            return self.protocol_error("PromoteReply without a request".into());
+        };
+        let result = if !granted {
+            Err("the peer refused: it is Primary or is being promoted itself".to_string())
+        } else if self.role == Role::Primary {
+            Ok(())
+        } else {
+            self.promote_check(force).map(|()| self.promote_now(force))
+        };
+        self.out.push(Action::Reply { req, result });
+    }
+
     fn command(&mut self, command: Command) -> Result<(), String> {
         match command {
             Command::Primary { force } => {
                 if self.role == Role::Primary {
                     return Ok(());
                 }
-                if self.peer.role == Some(Role::Primary) && !self.cfg.allow_two_primaries {
-                    return Err(
-                        "the peer is Primary; demote it first (replctl secondary on the peer)"
-                            .into(),
-                    );
-                }
-                if matches!(
-                    self.repl,
-                    ReplState::SyncTarget | ReplState::WFBitMap | ReplState::WFReportParams
-                ) {
-                    return Err(format!(
-                        "cannot promote while {}: the disk is not UpToDate yet",
-                        self.repl
-                    ));
-                }
-                if self.disk != DiskState::UpToDate {
-                    if !force {
-                        return Err(format!(
-                            "the disk is {}, not UpToDate; use 'primary --force' only to start the initial sync",
-                            self.disk
-                        ));
-                    }
-                    if self.peer.disk == Some(DiskState::UpToDate) {
-                        return Err(
-                            "the peer's disk is UpToDate and mine is not; let it sync first".into(),
-                        );
-                    }
-                    self.disk = DiskState::UpToDate;
-                    self.role = Role::Primary;
-                    self.new_current_uuid();
-                } else {
-                    self.role = Role::Primary;
-                    if self.conn != ConnState::Connected || self.repl == ReplState::Off {
-                        self.new_current_uuid();
-                    }
-                }
-                self.persist();
-                if self.conn == ConnState::Connected && self.repl == ReplState::Established && force
-                {
-                    // primary --force with a connected peer: a new data generation, so both
-                    // sides compare UUIDs again and the peer becomes SyncTarget.
-                    self.rehandshake_fresh();
-                } else {
-                    self.send_state();
-                }
-                self.notify(format!("role Primary (disk {})", self.disk));
+                self.promote_check(force)?;
+                self.promote_now(force);
                 Ok(())
             }
             Command::Secondary => {
@@ -1556,10 +1638,11 @@ impl Node {
                 });
                 self.out.push(Action::LocalRead { io, offset, len });
             }
-            Blocked::RsWrite { offset, data } => {
+            Blocked::RsWrite { offset, data, gen } => {
                 let io = self.io(IoPurpose::RsWrite {
                     offset,
                     len: range.1,
+                    gen,
                 });
                 self.out.push(Action::LocalWrite {
                     io,
@@ -1793,9 +1876,20 @@ impl Node {
                 // Data behind the reply, so the target applies the older data first.
                 self.release((offset, u64::from(len)));
             }
-            IoPurpose::RsWrite { offset, len: len64 } => {
+            IoPurpose::RsWrite {
+                offset,
+                len: len64,
+                gen,
+            } => {
                 let range = (offset, len64);
                 self.release(range);
+                if gen != self.gen || self.resync.is_none() {
+                    // A resync write of an earlier connection (slow IO outlived it): the data
+                    // it wrote may be older than the source's now, so its bit stays set for
+                    // the current resync, and the new connection hears nothing of it (simulator
+                    // seed 867: its ack cleared the source's bit of a newer write).
+                    return;
+                }
                 let len = u32::try_from(len64).expect("resync requests are small");
                 if result.is_ok() {
                     self.bitmap.clear_range(range.0, range.1);
@@ -2144,7 +2238,8 @@ impl Node {
                 if rs.in_flight.remove(&id).is_none() {
                     return self.protocol_error(format!("resync data for unknown request {id}"));
                 }
-                self.submit(Blocked::RsWrite { offset, data });
+                let gen = self.gen;
+                self.submit(Blocked::RsWrite { offset, data, gen });
             }
             Packet::RsWriteAck { offset, len } => {
                 self.bitmap.clear_range(offset, u64::from(len));
@@ -2239,6 +2334,8 @@ impl Node {
                 self.out.push(Action::LocalRead { io, offset, len });
             }
             Packet::PingAck => self.ping_sent_ms = None,
+            Packet::PromoteRequest { nonce } => self.peer_asks_to_promote(nonce),
+            Packet::PromoteReply { granted } => self.peer_answers_promotion(granted),
             Packet::SyncUuid { uuid } => {
                 if self.repl == ReplState::SyncTarget {
                     self.md.uuids[0] = uuid;
@@ -2553,6 +2650,19 @@ impl Node {
             SyncDecision::UnrelatedData => {
                 return self.refuse("Unrelated data, aborting! (the peer's data has no common generation with mine)".into());
             }
+        };
+        // DRBD's rule: when exactly one side is Inconsistent, disk states beat generations and
+        // the Inconsistent side is the target (else a SyncTarget interrupted after its peer
+        // crashed, with more bits than the peer, would be picked as source and refuse forever).
+        let has_data = |d: DiskState| d > DiskState::Inconsistent && d != DiskState::DUnknown;
+        let i_am_source = if split_brain {
+            i_am_source
+        } else if self.disk == DiskState::Inconsistent && has_data(p_disk) {
+            false
+        } else if p_disk == DiskState::Inconsistent && has_data(self.disk) {
+            true
+        } else {
+            i_am_source
         };
         if !i_am_source && self.role == Role::Primary {
             let why = "I am Primary but the peer has newer data: I would become SyncTarget";
@@ -2880,6 +2990,14 @@ impl Node {
         self.resync = None;
         self.ov = None;
         self.pending_sync = None;
+        if let Some((req, _, _)) = self.promoting.take() {
+            self.out.push(Action::Reply {
+                req,
+                result: Err(format!(
+                    "the connection was lost while the peer was asked to agree ({reason}); try again"
+                )),
+            });
+        }
         if !self.rs_unstable.is_empty() {
             self.flush_resync_writes();
         }

@@ -1736,7 +1736,14 @@ impl Sim {
         let skip_initial_sync = self.rng.chance(500)
             && self.command(0, Command::NewCurrentUuidClearBitmap)? == Some(Ok(()));
         let force = !skip_initial_sync;
+        // A connected Secondary promotes once its peer agreed: wait for the answer.
+        let req = self.next_req;
         self.command(0, Command::Primary { force })?;
+        let t = self.now + 500;
+        self.run_until(t)?;
+        if let Some(Err(e)) = self.replies.remove(&req) {
+            return Err(format!("the first promotion was refused: {e}"));
+        }
         self.chaos = true;
         self.at(1, Ev::Workload);
         let t = self.now + self.scenario.chaos_ms;
@@ -2164,6 +2171,25 @@ mod found_bugs {
         run_seed(251, Scenario::default()).unwrap();
     }
 
+    /// Seed 867: a resync write of connection 3 was still on the SyncTarget's slow disk when
+    /// connection 4 began; its completion cleared the block's bit and sent an RsWriteAck on
+    /// the new connection, which cleared the source's bit of a newer write made while the
+    /// nodes were apart, so that write was never copied (checker b). Resync writes now carry
+    /// their connection and a stale one changes no bit and sends nothing.
+    #[test]
+    fn stale_resync_write_ack_clears_the_sources_bit_of_a_newer_write() {
+        run_seed(867, Scenario::default()).unwrap();
+    }
+
+    /// Seed 1299: beta held alpha's replicated write back (its epoch waited for the previous
+    /// one's flush) when alpha demoted and beta was promoted; beta's own newer write to the
+    /// same blocks was overtaken by the held one when the connection went (checker a).
+    /// Promotion is now refused while replicated writes are held.
+    #[test]
+    fn a_held_peer_write_overtakes_the_new_primarys_write() {
+        run_seed(1299, Scenario::default()).unwrap();
+    }
+
     /// Seed 141: alpha, Primary and SyncSource, crashes; beta finishes the resync unseen, is
     /// promoted and writes; on reconnect beta is SyncSource. Correct (beta has everything
     /// alpha acknowledged), but checker (c) still counted alpha's writes from before the
@@ -2175,13 +2201,12 @@ mod found_bugs {
     }
 
     /// Both operators promote within the same millisecond while the nodes are connected and
-    /// Established: each sees a Secondary peer and promotes at once, so until the crossing
-    /// State packets arrive (and drop the connection) two Primaries are connected and both
-    /// accept writes (checker d). DRBD makes a promotion a cluster-wide state change the peer
-    /// must agree to first. The random workload only promotes a node whose peer is not
-    /// Primary unless `racing_promotions` is set, so this does not show in the seeds.
+    /// Established. Each used to see a Secondary peer and promote at once, so until the
+    /// crossing State packets arrived (and dropped the connection) two Primaries were
+    /// connected and both accepted writes (checker d). Fixed as DRBD does it: a connected
+    /// Secondary promotes only once its peer agreed (PromoteRequest/PromoteReply; when both
+    /// ask, the larger nonce wins), so exactly one of the two is granted.
     #[test]
-    #[ignore = "open bug in core/node.rs: two simultaneous promotions are both granted"]
     fn simultaneous_promotions_make_two_connected_primaries() {
         let mut sim = Sim::new(1, Scenario::default());
         sim.attach(0);
@@ -2201,11 +2226,24 @@ mod found_bugs {
         let t = sim.now + 100;
         sim.run_until(t).unwrap();
         assert!(sim.synced(), "{}", sim.describe());
-        let a = sim.command(0, Command::Primary { force: false });
-        let b = sim.command(1, Command::Primary { force: false });
-        assert_eq!(a, Ok(Some(Ok(()))));
-        // Either refused, or at least never two connected Primaries (checked after each step).
-        assert!(matches!(b, Ok(Some(_))), "{b:?}");
+        let (ra, rb) = (sim.next_req, sim.next_req + 1);
+        assert_eq!(sim.command(0, Command::Primary { force: false }), Ok(None));
+        assert_eq!(sim.command(1, Command::Primary { force: false }), Ok(None));
+        // Never two connected Primaries is checked after each step.
+        let t = sim.now + 100;
+        sim.run_until(t).unwrap();
+        let (a, b) = (sim.replies.remove(&ra), sim.replies.remove(&rb));
+        let granted = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Some(Ok(()))))
+            .count();
+        assert_eq!(granted, 1, "alpha: {a:?}, beta: {b:?}\n{}", sim.describe());
+        let refused = if a == Some(Ok(())) { b } else { a };
+        assert!(
+            refused.is_some_and(|r| r.is_err_and(|e| e.contains("the peer refused"))),
+            "{}",
+            sim.describe()
+        );
     }
 
     /// Seed 462 without crashes: a resync write (and a replicated write) of connection 4 were
