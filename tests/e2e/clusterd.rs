@@ -35,8 +35,11 @@ struct Lab {
     /// Each node's processes are one process group (led by a sleep), as a machine: the SBD
     /// test watchdog kills the whole group.
     pgids: [i32; 2],
-    /// The SBD device (a file), when the nodes are fenced by SBD.
-    sbd: Option<PathBuf>,
+    /// The SBD device (`iscsi://` on the storage node's targetd), when the nodes are fenced by
+    /// SBD.
+    sbd: Option<String>,
+    /// The storage node (targetd serving the SBD LUN over iSCSI), on the switch's fourth port.
+    _storage: Netns,
 }
 
 impl Drop for Lab {
@@ -63,7 +66,8 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// A lab whose nodes are fenced by IF-MIB (`sbd` false) or by SBD on a file (true).
+    /// A lab whose nodes are fenced by IF-MIB (`sbd` false) or by SBD (true) on a LUN that the
+    /// storage node's targetd serves over iSCSI.
     fn new(id: u8, sbd: bool) -> Lab {
         Lab::with_group(id, sbd, "")
     }
@@ -94,10 +98,13 @@ impl Lab {
         let ips = [format!("{net}.1"), format!("{net}.2")];
         let client = Netns::new(&format!("tcl{id}c-{pid}"));
         let client_ip = format!("{net}.3");
+        let storage = Netns::new(&format!("tcl{id}s-{pid}"));
+        let storage_ip = format!("{net}.20");
         for (i, (node, addr)) in [
             (&nodes[0], &ips[0]),
             (&nodes[1], &ips[1]),
             (&client, &client_ip),
+            (&storage, &storage_ip),
         ]
         .into_iter()
         .enumerate()
@@ -203,22 +210,51 @@ impl Lab {
         )
         .expect("write alert.sh");
         run_ok(Command::new("chmod").arg("755").arg(&alert));
+        let mut daemons = Vec::new();
         let sbd_dev = sbd.then(|| {
-            let dev = sparse_file(dir.path(), "sbd.img", 1 << 20);
+            let lun = sparse_file(dir.path(), "sbd-lun.img", 8 << 20);
+            let conf = dir.path().join("targetd.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "targetd {{ iscsi {storage_ip}; target sbd {{ file {}; }} }}\n",
+                    lun.display()
+                ),
+            )
+            .expect("write targetd.conf");
+            let log_path = dir.path().join("storage-targetd.log");
+            let log = std::fs::File::create(&log_path).expect("log file");
+            let targetd = storage
+                .cmd(bin("targetd"))
+                .arg("-c")
+                .arg(&conf)
+                .arg("--run-dir")
+                .arg(dir.path().join("run-storage"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn targetd");
+            daemons.push(("storage-targetd".to_string(), ChildGuard(targetd)));
+            wait_for("targetd to serve the SBD LUN", WAIT, || {
+                std::fs::read_to_string(&log_path)
+                    .ok()
+                    .filter(|l| l.contains("targetd ready"))
+            });
+            let url = format!("iscsi://{storage_ip}/iqn.2026-11.org.tandem:sbd/0");
             run_ok(
-                Command::new(bin("fencectl"))
-                    .args(["sbd", "-d"])
-                    .arg(&dev)
+                nodes[1]
+                    .cmd(bin("fencectl"))
+                    .args(["sbd", "-d", &url])
                     .args(["-1", "1", "-2", "1", "-3", "1", "-4", "3", "create"]),
             );
-            dev
+            url
         });
         let (fence, sbd_section) = match &sbd_dev {
             Some(dev) => (
                 ["fence sbd;".to_string(), "fence sbd;".to_string()],
                 format!(
-                    "sbd {{ device {}; watchdog /dev/watchdog; watchdog-timeout 1; msgwait 3; }}",
-                    dev.display()
+                    "sbd {{ device {dev}; watchdog /dev/watchdog; watchdog-timeout 1; msgwait 3; }}"
                 ),
             ),
             None => (
@@ -266,7 +302,6 @@ cluster t{id} {{
             ),
         )
         .expect("write config");
-        let mut daemons = Vec::new();
         let mut pgids = [0; 2];
         for (i, name) in NAMES.iter().enumerate() {
             let sleeper = Command::new("sleep")
@@ -281,6 +316,7 @@ cluster t{id} {{
             daemons,
             pgids,
             sbd: sbd_dev,
+            _storage: storage,
             snmpd: Some(ChildGuard(snmpd)),
             switch,
             nodes,
@@ -351,9 +387,9 @@ cluster t{id} {{
         let dev = self.sbd.clone().expect("an SBD lab");
         let log_path = self.dir.path().join(format!("{}-watcher.log", NAMES[i]));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(bin("fencectl"))
-            .args(["--node", NAMES[i], "sbd", "-d"])
-            .arg(&dev)
+        let child = self.nodes[i]
+            .cmd(bin("fencectl"))
+            .args(["--node", NAMES[i], "sbd", "-d", &dev])
             .args([
                 "-I",
                 "1",
@@ -725,9 +761,9 @@ fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
     }
     let dev = lab.sbd.clone().unwrap();
     run_ok(
-        Command::new(bin("fencectl"))
-            .args(["--node", "beta", "sbd", "-d"])
-            .arg(&dev)
+        lab.nodes[1]
+            .cmd(bin("fencectl"))
+            .args(["--node", "beta", "sbd", "-d", &dev])
             .args(["message", "alpha", "reset"]),
     );
     // The watcher stops feeding; the test watchdog kills alpha's process group.
