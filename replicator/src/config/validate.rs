@@ -85,7 +85,8 @@ const OPTIONS_UNIMPLEMENTED: &[&str] = &[
     "on-suspended-primary-outdated",
 ];
 /// Handlers tandem runs.
-pub const HANDLERS_IMPLEMENTED: &[&str] = &["fence-peer", "split-brain", "pri-lost-after-sb"];
+pub const HANDLERS_IMPLEMENTED: &[&str] =
+    &["fence-peer", "split-brain", "pri-lost-after-sb", "pri-lost"];
 const HANDLERS_UNIMPLEMENTED: &[&str] = &[
     "pri-on-incon-degr",
     "pri-lost",

@@ -1119,8 +1119,8 @@ impl Node {
     /// The peer asks to become Primary: agree unless this node is Primary, or is asking too
     /// and wins the tie (the larger nonce).
     fn peer_asks_to_promote(&mut self, nonce: u64) {
-        let granted = self.role == Role::Secondary
-            && self.promoting.is_none_or(|(_, _, mine)| mine < nonce);
+        let granted =
+            self.role == Role::Secondary && self.promoting.is_none_or(|(_, _, mine)| mine < nonce);
         self.out
             .push(Action::Send(Packet::PromoteReply { granted }));
     }
@@ -2610,8 +2610,10 @@ impl Node {
                 };
                 // Manual recovery: `connect --discard-my-data` on the victim.
                 let peer_discards = p_flags & uuid_flags::DISCARD_MY_DATA != 0;
+                let mut told = false;
                 match (self.discard_my_data, peer_discards) {
                     (true, false) => {
+                        told = true;
                         (verdict, why) =
                             (Some(false), "this node was told --discard-my-data".into())
                     }
@@ -2637,7 +2639,9 @@ impl Node {
                 self.notify(format!(
                     "split-brain detected and resolved ({why}): {outcome}"
                 ));
-                if !source && self.role == Role::Primary {
+                // A Primary told to discard its data meets rr-conflict below, as in DRBD; one
+                // a policy made the loser runs pri-lost-after-sb.
+                if !source && self.role == Role::Primary && !told {
                     self.out.push(Action::RunHandler {
                         name: "pri-lost-after-sb",
                     });
@@ -2672,6 +2676,9 @@ impl Node {
                     reason: reason.clone(),
                 });
                 return self.lose_peer(reason, ConnState::Connecting);
+            }
+            if self.cfg.rr_conflict == crate::config::RrConflict::CallPriLost {
+                self.out.push(Action::RunHandler { name: "pri-lost" });
             }
             return self.refuse(format!("{why} (rr-conflict {})", self.cfg.rr_conflict));
         }

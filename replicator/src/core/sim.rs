@@ -2190,6 +2190,16 @@ mod found_bugs {
         run_seed(1299, Scenario::default()).unwrap();
     }
 
+    /// Seed 183 (after the two-phase promotion changed the seeds' paths): beta, Secondary and
+    /// just UpToDate, crashed and came back Consistent; a full sync to alpha was cut, leaving
+    /// alpha Inconsistent with more bits than beta. The generations were equal, so the side
+    /// with more bits was picked as source, and alpha refused to copy its Inconsistent disk at
+    /// every reconnect. DRBD's rule now applies: the one Inconsistent side is the target.
+    #[test]
+    fn an_inconsistent_node_with_more_bits_is_still_the_target() {
+        run_seed(183, Scenario::default()).unwrap();
+    }
+
     /// Seed 141: alpha, Primary and SyncSource, crashes; beta finishes the resync unseen, is
     /// promoted and writes; on reconnect beta is SyncSource. Correct (beta has everything
     /// alpha acknowledged), but checker (c) still counted alpha's writes from before the

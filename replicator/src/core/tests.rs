@@ -1089,3 +1089,56 @@ fn resource_only_fences_without_freezing_and_outdate_blocks_promotion() {
     let e = h.command(1, Command::Primary { force: false }).unwrap_err();
     assert!(e.contains("Outdated"), "{e}");
 }
+
+/// rr-conflict, as DRBD defines it: a Primary that the resync decision would make SyncTarget
+/// (here: told `connect --discard-my-data` after a split brain while still Primary) never
+/// becomes one. `disconnect` leaves it StandAlone; `retry-connect` drops the connection and
+/// keeps connecting, so once it is demoted the next connection resyncs it from the peer.
+#[test]
+fn rr_conflict_keeps_a_primary_from_becoming_sync_target() {
+    use crate::config::RrConflict;
+    for policy in [RrConflict::Disconnect, RrConflict::RetryConnect] {
+        let (mut h, outcome) = split_brain(
+            300,
+            Split {
+                writes: (2, 3),
+                primary_at_reconnect: (true, false),
+            },
+            |c| c.rr_conflict = policy,
+        );
+        assert_eq!(outcome, Outcome::StandAlone);
+        let before = h.disks.clone();
+        h.command(
+            0,
+            Command::Connect {
+                discard_my_data: true,
+            },
+        )
+        .unwrap();
+        h.connect();
+        assert!(h.disks == before, "{policy}: nothing resynced");
+        assert_eq!(h.nodes[0].role(), Role::Primary);
+        let said = h.nodes[0].status(0).last_error.unwrap_or_default();
+        assert!(
+            said.contains(&format!("rr-conflict {policy}")),
+            "{policy}: {said}"
+        );
+        match policy {
+            RrConflict::Disconnect => {
+                assert_eq!(h.nodes[0].connection(), ConnState::StandAlone, "{policy}");
+            }
+            RrConflict::RetryConnect => {
+                assert_eq!(h.nodes[0].connection(), ConnState::Connecting, "{policy}");
+                // The operator demotes the victim; the next connection resyncs it.
+                h.cut();
+                h.command(0, Command::Secondary).unwrap();
+                h.connect();
+                assert!(
+                    h.disks[0] == before[1] && h.disks[1] == before[1],
+                    "alpha took beta's data"
+                );
+            }
+            _ => unreachable!(),
+        }
+    }
+}
