@@ -1294,3 +1294,69 @@ fn serve_client(conn: UnixStream, tx: &mpsc::Sender<Msg>) {
 pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join(control::SOCKET_NAME)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(fence: &str, secret: &str) -> Config {
+        let text = format!(
+            "resource r0 {{
+    net {{ {secret} }}
+    on alpha {{ device /dev/nbd0; disk /tmp/a.img; meta-disk internal; address 10.0.0.1:7788; }}
+    on beta  {{ device /dev/nbd0; disk /tmp/b.img; meta-disk internal; address 10.0.0.2:7788; }}
+}}
+cluster pi {{
+    node alpha {{ address 10.0.0.1; address 10.1.0.1; {fence} }}
+    node beta  {{ address 10.0.0.2; {fence} }}
+    sbd {{ device /tmp/sbd.img; watchdog /dev/watchdog; watchdog-timeout 5; msgwait 10; }}
+    quorum {{ two-node yes; }}
+    token 1500;
+    resource r0 {{ export nbd; }}
+}}\n"
+        );
+        Config::parse_str(&text, "test.conf").unwrap()
+    }
+
+    #[test]
+    fn the_core_gets_the_cluster_block() {
+        let c = config(
+            "fence ifmib { switch 10.0.0.254; community private; port 2; }",
+            "",
+        );
+        let cluster = c.cluster.clone().unwrap();
+        let core = core_config(&cluster, 1);
+        assert_eq!(core.me, 1);
+        assert_eq!(core.nodes, vec!["alpha".to_string(), "beta".to_string()]);
+        assert_eq!(core.token_ms, 1500);
+        assert!(core.two_node && core.wait_for_all);
+        assert_eq!(core.fence_methods, 1);
+        assert_eq!(
+            core.priority_delay_ms, PRIORITY_DELAY_MS,
+            "no SBD method: no msgwait"
+        );
+        assert_eq!(core.resources, vec!["r0".to_string()]);
+        let c = config(
+            "fence ifmib { switch 10.0.0.254; community private; port 2; } fence sbd;",
+            "",
+        );
+        let core = core_config(&c.cluster.clone().unwrap(), 0);
+        assert_eq!(core.fence_methods, 2);
+        assert_eq!(
+            core.priority_delay_ms,
+            PRIORITY_DELAY_MS + 10_000,
+            "the Primary's SBD fence takes msgwait"
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_key_takes_the_resources_shared_secrets() {
+        let plain = config("", "");
+        let with = config("", "cram-hmac-alg sha256; shared-secret \"s3cret\";");
+        let other = config("", "cram-hmac-alg sha256; shared-secret \"other\";");
+        let key = |c: &Config| heartbeat_key(c, c.cluster.as_ref().unwrap());
+        assert_eq!(key(&plain), heartbeat::key("pi", []));
+        assert_eq!(key(&with), heartbeat::key("pi", ["s3cret"]));
+        assert_ne!(key(&with), key(&other));
+    }
+}
