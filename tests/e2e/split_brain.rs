@@ -23,6 +23,8 @@ struct Row {
     /// Primary when the link comes back.
     primary: (bool, bool),
     want: Outcome,
+    /// The `pri-lost-after-sb` handler must have run on alpha.
+    pri_lost: bool,
 }
 
 fn lost(p: &Pair, i: usize) -> bool {
@@ -30,7 +32,24 @@ fn lost(p: &Pair, i: usize) -> bool {
 }
 
 fn run_row(id: u8, row: &Row) {
-    let mut p = Pair::new(id, 'C', row.net);
+    let dir = tempfile::tempdir().unwrap();
+    let (script, marker) = (dir.path().join("pri-lost.sh"), dir.path().join("pri-lost"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$DRBD_RESOURCE\" >> {}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    run_ok(std::process::Command::new("chmod").arg("+x").arg(&script));
+    let mut p = Pair::with_config(
+        id,
+        'C',
+        row.net,
+        "c-plan-ahead 0; resync-rate 1G;",
+        &format!("handlers {{ pri-lost-after-sb \"{}\"; }}", script.display()),
+    );
     p.up_synced();
     p.partition();
     wait_for(
@@ -103,6 +122,19 @@ fn run_row(id: u8, row: &Row) {
         }
     };
     assert_eq!(outcome, row.want, "{}: {said}", row.name);
+    if row.pri_lost {
+        wait_for(
+            &format!("{}: pri-lost-after-sb to run", row.name),
+            Duration::from_secs(10),
+            || marker.exists().then_some(()),
+        );
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap().lines().next(),
+            Some("r0")
+        );
+    } else {
+        assert!(!marker.exists(), "{}: pri-lost-after-sb ran", row.name);
+    }
 }
 
 #[test]
@@ -114,6 +146,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (2, 1),
             primary: (false, false),
             want: Outcome::StandAlone,
+            pri_lost: false,
         },
         Row {
             name: "0pri discard-zero-changes",
@@ -121,6 +154,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (2, 0),
             primary: (false, false),
             want: Outcome::Kept(0),
+            pri_lost: false,
         },
         Row {
             name: "0pri discard-least-changes",
@@ -128,6 +162,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (1, 3),
             primary: (false, false),
             want: Outcome::Kept(1),
+            pri_lost: false,
         },
         Row {
             name: "0pri discard-younger-primary",
@@ -135,6 +170,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (1, 3),
             primary: (false, false),
             want: Outcome::Kept(0),
+            pri_lost: false,
         },
         Row {
             name: "0pri discard-older-primary",
@@ -142,6 +178,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (3, 1),
             primary: (false, false),
             want: Outcome::Kept(1),
+            pri_lost: false,
         },
         Row {
             name: "0pri discard-node-beta",
@@ -149,6 +186,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (1, 3),
             primary: (false, false),
             want: Outcome::Kept(0),
+            pri_lost: false,
         },
         Row {
             name: "1pri discard-secondary",
@@ -156,6 +194,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (1, 3),
             primary: (true, false),
             want: Outcome::Kept(0),
+            pri_lost: false,
         },
         Row {
             name: "1pri consensus",
@@ -163,6 +202,7 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (2, 0),
             primary: (true, false),
             want: Outcome::Kept(0),
+            pri_lost: false,
         },
         Row {
             name: "2pri disconnect",
@@ -170,10 +210,46 @@ fn after_split_brain_policies_in_real_partitions() {
             writes: (2, 1),
             primary: (true, true),
             want: Outcome::StandAlone,
+            pri_lost: false,
         },
     ];
     for (k, row) in rows.iter().enumerate() {
         run_row(31 + u8::try_from(k).unwrap(), row);
+    }
+}
+
+/// The policies that leave a Primary the loser: disconnect, or call-pri-lost-after-sb, which
+/// honours after-sb-0pri's verdict and runs `pri-lost-after-sb` on the losing Primary.
+#[test]
+fn after_split_brain_policies_with_a_losing_primary() {
+    let rows = [
+        Row {
+            name: "1pri disconnect",
+            net: "after-sb-0pri discard-least-changes;",
+            writes: (1, 3),
+            primary: (true, false),
+            want: Outcome::StandAlone,
+            pri_lost: false,
+        },
+        Row {
+            name: "1pri call-pri-lost-after-sb",
+            net: "after-sb-0pri discard-least-changes; after-sb-1pri call-pri-lost-after-sb;",
+            writes: (1, 3),
+            primary: (true, false),
+            want: Outcome::StandAlone,
+            pri_lost: true,
+        },
+        Row {
+            name: "2pri call-pri-lost-after-sb",
+            net: "after-sb-0pri discard-least-changes; after-sb-2pri call-pri-lost-after-sb;",
+            writes: (1, 3),
+            primary: (true, true),
+            want: Outcome::StandAlone,
+            pri_lost: true,
+        },
+    ];
+    for (k, row) in rows.iter().enumerate() {
+        run_row(51 + u8::try_from(k).unwrap(), row);
     }
 }
 
@@ -235,6 +311,66 @@ fn manual_split_brain_recovery() {
     );
     let size = p.size();
     assert!(p.data(0, size) == p.data(1, size));
+}
+
+/// rr-conflict: after a split brain, the Primary (alpha) is told `connect --discard-my-data`
+/// while still Primary. With `disconnect` it goes StandAlone and keeps its data; with
+/// `retry-connect` it keeps connecting, and once demoted it resyncs from beta.
+#[test]
+fn rr_conflict_keeps_a_primary_from_being_overwritten() {
+    for (id, policy) in [(61, "disconnect"), (62, "retry-connect")] {
+        let mut p = Pair::new(id, 'C', &format!("rr-conflict {policy};"));
+        p.up_synced();
+        p.partition();
+        wait_for("the partition", Duration::from_secs(30), || {
+            (lost(&p, 0) && lost(&p, 1)).then_some(())
+        });
+        run_ok(&mut p.replctl(1, &["primary", "r0"]));
+        p.write(0, 0, BLOCK, 0xaa);
+        p.write(1, BLOCK, BLOCK, 0xbb);
+        run_ok(&mut p.replctl(1, &["secondary", "r0"]));
+        p.heal();
+        let connection = |i: usize| p.status(i)["peers"][0]["connection"].clone();
+        wait_for("the split brain", Duration::from_secs(60), || {
+            (connection(0) == "StandAlone" || connection(1) == "StandAlone").then_some(())
+        });
+        let size = p.size();
+        let before = [p.data(0, size), p.data(1, size)];
+        for i in 0..2 {
+            if connection(i) != "StandAlone" {
+                run_ok(&mut p.replctl(i, &["disconnect", "r0"]));
+            }
+        }
+        run_ok(&mut p.replctl(0, &["connect", "--discard-my-data", "r0"]));
+        run_ok(&mut p.replctl(1, &["connect", "r0"]));
+        wait_for(
+            &format!("{policy}: alpha refuses to become SyncTarget"),
+            Duration::from_secs(60),
+            || p.log(0).contains("rr-conflict").then_some(()),
+        );
+        assert_eq!(p.status(0)["role"], "Primary", "{policy}");
+        assert!(
+            p.data(0, size) == before[0],
+            "{policy}: the Primary's data was not touched"
+        );
+        if policy == "disconnect" {
+            p.wait_status(0, "alpha StandAlone", |s| {
+                s["peers"][0]["connection"] == "StandAlone"
+            });
+            continue;
+        }
+        // retry-connect: alpha keeps connecting; demoted, it resyncs from beta.
+        assert_ne!(connection(0), "StandAlone", "{policy}");
+        run_ok(&mut p.replctl(0, &["secondary", "r0"]));
+        p.wait_status(0, "alpha resynced from beta", |s| {
+            s["disk"] == "UpToDate" && s["peers"][0]["replication"] == "Established"
+        });
+        assert!(p.data(0, size) == p.data(1, size), "{policy}");
+        assert!(
+            p.data(1, size) == before[1],
+            "{policy}: beta's data survived"
+        );
+    }
 }
 
 /// resource-and-stonith: the Primary that loses its peer freezes IO and runs fence-peer with
