@@ -117,6 +117,17 @@ pub enum Event {
         /// It has quorum.
         quorate: bool,
     },
+    /// Which nodes `from` hears (sent with each heartbeat, before it; see [`Cluster::hears`]).
+    /// A peer that does not hear this node is no member, whatever arrives from it: in a
+    /// one-way partition both sides must see the other lost, or the side that is heard would
+    /// take the deaf one for a Secondary while it promotes on its own. Until this arrives for a
+    /// peer, the peer counts as hearing this node.
+    PeerHears {
+        /// The sender.
+        from: NodeId,
+        /// The nodes it hears.
+        hears: Vec<NodeId>,
+    },
     /// A Promote or Demote of `resource` failed; it is retried after [`RETRY_MS`].
     ActionFailed {
         /// The resource.
@@ -182,6 +193,10 @@ struct Peer {
     failed_rounds: u32,
     /// Whether it has quorum, once it told us.
     quorate: Option<bool>,
+    /// Its last heartbeat, member or not (for [`Cluster::hears`]).
+    last_heard_ms: Option<u64>,
+    /// It said it does not hear this node: its heartbeats prove no membership.
+    deaf: bool,
 }
 
 /// How this node sees a peer, for status.
@@ -283,6 +298,19 @@ impl Cluster {
         m
     }
 
+    /// The peers this node has heard within `token` ms, members or not: what its heartbeats
+    /// tell the others ([`Event::PeerHears`]).
+    pub fn hears(&self, now_ms: u64) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.last_heard_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) <= self.cfg.token_ms)
+            })
+            .map(|(&n, _)| n)
+            .collect()
+    }
+
     /// How this node sees `node` (None for itself or an unknown id).
     pub fn peer_state(&self, node: NodeId) -> Option<PeerState> {
         let p = self.peers.get(&node)?;
@@ -344,6 +372,14 @@ impl Cluster {
                 let Some(p) = self.peers.get_mut(&from) else {
                     return Vec::new();
                 };
+                p.last_heard_ms = Some(now_ms);
+                if p.deaf {
+                    // Not a member while it does not hear us; what it says of its roles
+                    // still counts.
+                    p.primary_for = primary_for;
+                    self.check(now_ms);
+                    return std::mem::take(&mut self.out);
+                }
                 let back = p.lost;
                 p.last_seen_ms = Some(now_ms);
                 p.seen_ever = true;
@@ -407,6 +443,12 @@ impl Cluster {
             Event::PeerRole { resource, primary } => {
                 if let Some(r) = self.replicas.get_mut(&resource) {
                     r.peer_primary = primary;
+                }
+            }
+            Event::PeerHears { from, hears } => {
+                let me = self.cfg.me;
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.deaf = !hears.contains(&me);
                 }
             }
             Event::ActionFailed { resource } => {
