@@ -358,6 +358,8 @@ cluster t{id} {{
         c
     }
 
+    /// Starts `daemon` in node `i`'s process group and waits for its `socket`. In an SBD lab
+    /// clusterd watches its slot itself, on the test watchdog of the node's process group.
     fn spawn(&mut self, i: usize, daemon: &str, socket: &str) {
         let log_path = self.dir.path().join(format!("{}-{daemon}.log", NAMES[i]));
         let log = std::fs::OpenOptions::new()
@@ -365,8 +367,14 @@ cluster t{id} {{
             .append(true)
             .open(&log_path)
             .expect("log file");
+        let watchdog = format!("test:{}", self.pgids[i]);
+        let args: &[&str] = if daemon == "clusterd" && self.sbd.is_some() {
+            &["--watchdog", &watchdog]
+        } else {
+            &[]
+        };
         let child = self
-            .tool(i, daemon, &[])
+            .tool(i, daemon, args)
             .process_group(self.pgids[i])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -379,44 +387,6 @@ cluster t{id} {{
         wait_for(&format!("{daemon}'s socket on {}", NAMES[i]), WAIT, || {
             std::os::unix::net::UnixStream::connect(&sock).ok()
         });
-    }
-
-    /// Starts node `i`'s SBD watcher (`fencectl sbd watch`) on the test watchdog of its
-    /// process group, and waits until it monitors its slot.
-    fn watch(&mut self, i: usize) {
-        let dev = self.sbd.clone().expect("an SBD lab");
-        let log_path = self.dir.path().join(format!("{}-watcher.log", NAMES[i]));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = self.nodes[i]
-            .cmd(bin("fencectl"))
-            .args(["--node", NAMES[i], "sbd", "-d", &dev])
-            .args([
-                "-I",
-                "1",
-                "--watchdog",
-                &format!("test:{}", self.pgids[i]),
-                "watch",
-            ])
-            .process_group(self.pgids[i])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn fencectl sbd watch");
-        self.daemons
-            .push((format!("{}-watcher", NAMES[i]), ChildGuard(child)));
-        // Monitoring starts after the slot is allocated; a message written before that would
-        // be cleared as stale.
-        wait_for(
-            &format!("{}'s SBD watcher to monitor its slot", NAMES[i]),
-            WAIT,
-            || {
-                std::fs::read_to_string(&log_path)
-                    .ok()
-                    .filter(|l| l.contains("using the test watchdog"))
-                    .map(|_| ())
-            },
-        );
     }
 
     /// Takes node `i`'s link `link` (eth0 or eth1) down or up, on the switch's side.
@@ -751,8 +721,7 @@ fn partition_the_primary_fences_the_other_through_the_fence_peer_handler() {
 #[test]
 fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
     let mut lab = Lab::new(43, true);
-    lab.watch(0);
-    lab.watch(1);
+    // clusterd runs each node's SBD watcher.
     healthy(&mut lab);
     for i in 0..2 {
         lab.wait_cluster(i, "r0 Primary on alpha", |s| {
@@ -789,6 +758,62 @@ fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
     eprintln!(
         "sbd: beta Primary {:?} after alpha died (token, priority delay, msgwait)",
         died.elapsed()
+    );
+}
+
+#[test]
+fn sbd_storage_lost_the_peer_keeps_a_node_alive_and_without_its_peer_its_watchdog_fires() {
+    let mut lab = Lab::new(45, true);
+    healthy(&mut lab);
+    for i in 0..2 {
+        lab.wait_cluster(i, "r0 Primary on alpha", |s| {
+            primary_of_r0(s).as_deref() == Some("alpha")
+        });
+    }
+    // The storage node's switch port goes down: neither node reads the SBD LUN any more.
+    run_ok(lab.switch.cmd("ip").args(["link", "set", "swp4", "down"]));
+    for name in NAMES {
+        wait_for(
+            &format!("{name}'s watcher to keep feeding on the cluster's word"),
+            WAIT,
+            || {
+                std::fs::read_to_string(lab.path().join(format!("{name}-clusterd.log")))
+                    .ok()
+                    .filter(|l| l.contains("still feeding the watchdog"))
+            },
+        );
+    }
+    // Several watchdog timeouts (1 s) later both nodes live, with quorum, r0 still on alpha.
+    std::thread::sleep(Duration::from_secs(4));
+    for i in 0..2 {
+        let s = lab
+            .cluster(i)
+            .expect("clusterd alive with the SBD LUN gone");
+        assert_eq!(s["quorum"], true, "{s}");
+        assert_eq!(primary_of_r0(&s).as_deref(), Some("alpha"), "{s}");
+        assert!(s["fence-events"].as_array().unwrap().is_empty(), "{s}");
+    }
+    // beta's power cut: alpha, its disk already gone, now loses its peer (and with two-node,
+    // its quorum, since it cannot fence beta through the lost LUN): it stops feeding.
+    lab.kill(1);
+    for eth in ["eth0", "eth1"] {
+        run_ok(lab.nodes[1].cmd("ip").args(["link", "set", eth, "down"]));
+    }
+    wait_for("alpha's watchdog to kill its node", WAIT, || {
+        std::os::unix::net::UnixStream::connect(lab.run_dir(0).join("clusterd.sock"))
+            .is_err()
+            .then_some(())
+    });
+    let log = wait_for("the test watchdog's kill in alpha's log", WAIT, || {
+        std::fs::read_to_string(lab.path().join("alpha-clusterd.log"))
+            .ok()
+            .filter(|l| l.contains("test watchdog: not fed in time"))
+    });
+    // The watcher said why it stopped feeding (the watchdog may kill the node before the
+    // watcher's own fence decision, which comes at the same watchdog timeout).
+    assert!(
+        log.contains("the cluster no longer quorate with a peer: not feeding the watchdog"),
+        "{log}"
     );
 }
 

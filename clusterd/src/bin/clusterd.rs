@@ -7,6 +7,7 @@ use clap::Parser;
 use clusterd::daemon::{self, group::Configured, Options};
 use clusterd::heartbeat;
 use clusterd::ocf::Runner;
+use fencing::watchdog;
 use replicator::config;
 
 /// tandem's cluster daemon: membership by heartbeats, quorum, fence-then-promote.
@@ -25,6 +26,14 @@ struct Cli {
     /// UDP port of the heartbeats, on every address of every node.
     #[arg(long = "heartbeat-port", default_value_t = heartbeat::DEFAULT_PORT)]
     heartbeat_port: u16,
+    /// The SBD watcher's watchdog instead of the cluster block's `sbd { watchdog ...; }`: a
+    /// device, or `test:PGID` for the test watchdog that kills process group PGID (tests).
+    #[arg(long)]
+    watchdog: Option<String>,
+    /// Run as the test watchdog helper on process group PGID (what `--watchdog test:PGID`
+    /// starts): read watchdog operations on stdin, kill the group when not fed in time.
+    #[arg(long = "test-watchdog", value_name = "PGID", hide = true)]
+    test_watchdog: Option<i32>,
 }
 
 fn main() -> ExitCode {
@@ -36,11 +45,22 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(pgid) = cli.test_watchdog {
+        let end = watchdog::run_test_watchdog(std::io::stdin(), 60, || {
+            eprintln!("test watchdog: not fed in time, killing process group {pgid}");
+            if let Err(e) = watchdog::kill_process_group(pgid) {
+                eprintln!("test watchdog: cannot kill process group {pgid}: {e}");
+            }
+        });
+        tracing::debug!("test watchdog ended: {end:?}");
+        return ExitCode::SUCCESS;
+    }
     let opts = Options {
         config: cli.config,
         node: cli.node.unwrap_or_else(replicator::daemon::hostname),
         run_dir: cli.run_dir,
         heartbeat_port: cli.heartbeat_port,
+        watchdog: cli.watchdog,
     };
     let result = daemon::load(&opts.config).and_then(|config| {
         let resources = config

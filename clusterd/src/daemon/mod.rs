@@ -15,6 +15,7 @@
 pub mod fence;
 pub mod group;
 pub mod replicatord;
+pub mod sbd;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,6 +64,9 @@ pub struct Options {
     pub run_dir: PathBuf,
     /// UDP port of the heartbeats.
     pub heartbeat_port: u16,
+    /// The watchdog of the SBD watcher instead of the `sbd` section's: a device, or
+    /// `test:PGID` for the test watchdog (see [`sbd::open_watchdog`]).
+    pub watchdog: Option<String>,
 }
 
 /// What the owner thread takes.
@@ -166,6 +170,8 @@ struct Daemon {
     tx: mpsc::Sender<Msg>,
     send_errors: BTreeMap<SocketAddr, String>,
     run_dir: PathBuf,
+    /// With SBD: where the owner reports [`sbd::cluster_healthy`] to the watcher every tick.
+    sbd_health: Option<mpsc::Sender<bool>>,
 }
 
 fn wall_ms() -> u64 {
@@ -255,6 +261,20 @@ pub fn run(opts: Options, config: Config, group: Box<dyn Group>) -> Result<()> {
         })?;
     std::fs::create_dir_all(&opts.run_dir)
         .with_context(|| format!("cannot create the run directory {}", opts.run_dir.display()))?;
+    // The SBD watcher first, as sbd starts before the cluster: a node that cannot watch its
+    // slot must not join (a pill sent to it would count as delivered and kill nothing). The
+    // termination signals are blocked before any thread starts, so every thread inherits it.
+    let sbd_health = match &cluster.sbd {
+        Some(section) => {
+            let signals = sbd::TerminationSignals::block();
+            let spec = opts
+                .watchdog
+                .clone()
+                .unwrap_or_else(|| section.watchdog.display().to_string());
+            Some(sbd::start(section, &opts.node, &spec, signals)?)
+        }
+        None => None,
+    };
     let key = heartbeat_key(&config, &cluster);
     let (tx, rx) = mpsc::channel();
 
@@ -329,6 +349,7 @@ pub fn run(opts: Options, config: Config, group: Box<dyn Group>) -> Result<()> {
         tx,
         send_errors: BTreeMap::new(),
         run_dir: opts.run_dir.clone(),
+        sbd_health,
         cluster,
     };
     tracing::info!(
@@ -355,6 +376,11 @@ impl Daemon {
             if now >= next_tick {
                 self.apply(Event::Tick);
                 self.send_heartbeats();
+                if let Some(health) = &self.sbd_health {
+                    let healthy =
+                        sbd::cluster_healthy(self.core.has_quorum(), self.core.members().len());
+                    let _ = health.send(healthy);
+                }
                 next_tick = now + TICK_MS;
             }
             let wait = Duration::from_millis(next_tick.saturating_sub(self.now_ms()));

@@ -1,4 +1,4 @@
-//! The watcher's driver (`fencectl sbd ... watch`, and the library call clusterd will use):
+//! The watcher's driver (`fencectl sbd ... watch`, and [`watch_in_cluster`] that clusterd runs):
 //! reads the disks, keeps the time, feeds the watchdog; every decision is [`Watcher`]'s.
 //!
 //! Start-up, as sbd's servant: each device is read, its timeouts checked, and a slot got for
@@ -238,7 +238,22 @@ pub fn watch(
     paths: &[PathBuf],
     opts: &WatchOptions,
     open_watchdog: impl FnOnce() -> std::io::Result<Box<dyn Watchdog>>,
+    stop: impl FnMut() -> bool,
+) -> Result<(), WatchError> {
+    watch_in_cluster(paths, opts, open_watchdog, stop, || None)
+}
+
+/// [`watch`] inside a cluster manager (clusterd; sbd's Pacemaker integration): `cluster` is
+/// asked every [`TICK`] for its report since the last call, `Some(true)` when this node is a
+/// quorate member that sees a peer, `Some(false)` when not, `None` when it has nothing new.
+/// While too few disks are healthy, a healthy report younger than the disks' health window
+/// keeps the watchdog fed ([`Watcher::on_cluster`]); a poison pill still fences.
+pub fn watch_in_cluster(
+    paths: &[PathBuf],
+    opts: &WatchOptions,
+    open_watchdog: impl FnOnce() -> std::io::Result<Box<dyn Watchdog>>,
     mut stop: impl FnMut() -> bool,
+    mut cluster: impl FnMut() -> Option<bool>,
 ) -> Result<(), WatchError> {
     assert!(!paths.is_empty(), "watch needs at least one device");
     let mut started = Vec::with_capacity(paths.len());
@@ -318,6 +333,9 @@ pub fn watch(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => unreachable!("servants run until we drop them"),
+        }
+        if let Some(healthy) = cluster() {
+            watcher.on_cluster(epoch.elapsed(), healthy);
         }
         actions.extend(watcher.tick(epoch.elapsed()));
         if watcher.state() == State::Running && stop() {

@@ -14,6 +14,12 @@
 //!   acknowledged by clearing the mailbox.
 //! - Without quorum for longer than the watchdog timeout the node is fenced: the watchdog has
 //!   fired, or should have.
+//! - Run inside a cluster manager (clusterd, as sbd with its Pacemaker integration), the
+//!   watcher also takes reports of the cluster's health ([`Watcher::on_cluster`]): while too
+//!   few disks are healthy it keeps feeding as long as the cluster says, freshly, that this
+//!   node is a quorate member that sees a peer ([`may_feed`]). A node that loses its disks and
+//!   its peer stops feeding; a poison pill always fences. Standalone (`fencectl sbd watch`)
+//!   the disks alone decide.
 //!
 //! Why the timeout rules ([`check_timeouts`], [`check_watch_timing`]) hold the whole thing
 //! together: a sender writes a pill at `Tw` and waits msgwait. The target read its disk at the
@@ -134,6 +140,14 @@ pub fn quorum_write(ok: usize, total: usize) -> bool {
     ok > total / 2
 }
 
+/// Whether the watchdog may be fed: while enough disks are healthy ([`quorum_read`]), or, for a
+/// watcher inside a cluster manager, while the cluster's last fresh report says this node is a
+/// quorate member that sees a peer (`cluster_healthy`; always false standalone). A pill is not
+/// an input here: it fences for good before this is asked.
+pub fn may_feed(disk_quorum: bool, cluster_healthy: bool) -> bool {
+    disk_quorum || cluster_healthy
+}
+
 /// What to do at start-up with what the node's mailbox holds (sbd's `-S` start mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartMode {
@@ -186,6 +200,14 @@ pub enum FenceReason {
         /// All disks.
         disks: usize,
     },
+    /// Inside a cluster manager: too few disks were healthy and the cluster did not say this
+    /// node is a quorate member that sees a peer, for longer than the watchdog timeout.
+    StorageAndClusterLost {
+        /// Healthy disks.
+        healthy: usize,
+        /// All disks.
+        disks: usize,
+    },
 }
 
 impl std::fmt::Display for FenceReason {
@@ -197,6 +219,10 @@ impl std::fmt::Display for FenceReason {
             FenceReason::StorageLost { healthy, disks } => write!(
                 f,
                 "only {healthy} of {disks} disks readable for longer than the watchdog timeout"
+            ),
+            FenceReason::StorageAndClusterLost { healthy, disks } => write!(
+                f,
+                "only {healthy} of {disks} disks readable and the cluster not healthy (no quorum or no peer) for longer than the watchdog timeout"
             ),
         }
     }
@@ -257,6 +283,13 @@ pub struct Watcher {
     disks: Vec<Disk>,
     last_feed: Duration,
     state: State,
+    /// Inside a cluster manager: when the cluster last said this node is healthy (`None`: it
+    /// never did, or its last report said not). `None` standalone, see `integrated`.
+    cluster_healthy_at: Option<Duration>,
+    /// Whether a cluster manager reports to this watcher ([`Watcher::on_cluster`] was called).
+    integrated: bool,
+    /// Whether the last tick fed on the cluster's word alone (for the log).
+    fed_by_cluster: bool,
 }
 
 fn secs(s: u32) -> Duration {
@@ -323,6 +356,9 @@ impl Watcher {
                 .collect(),
             last_feed: now,
             state: State::Running,
+            cluster_healthy_at: None,
+            integrated: false,
+            fed_by_cluster: false,
         })
     }
 
@@ -362,6 +398,15 @@ impl Watcher {
     /// How long a disk stays healthy after its last good read.
     pub fn health_window(&self) -> Duration {
         self.io_timeout + secs(self.timeouts.loop_s)
+    }
+
+    /// Takes a report of the cluster manager the watcher runs in (call it every tick): whether
+    /// this node is, now, a quorate member that sees a peer. A report counts for one
+    /// [`Watcher::health_window`], so a cluster manager that stops reporting (hung) counts as
+    /// unhealthy, as a disk that stops answering does.
+    pub fn on_cluster(&mut self, now: Duration, healthy: bool) {
+        self.integrated = true;
+        self.cluster_healthy_at = healthy.then_some(now);
     }
 
     /// Takes one disk's loop report.
@@ -460,14 +505,34 @@ impl Watcher {
             }
         }
         let healthy = self.disks.iter().filter(|d| d.healthy).count();
-        if quorum_read(healthy, self.disks.len()) {
+        let disk_quorum = quorum_read(healthy, self.disks.len());
+        let cluster_healthy = self
+            .cluster_healthy_at
+            .is_some_and(|t| now.saturating_sub(t) < window);
+        let by_cluster = !disk_quorum && cluster_healthy;
+        if by_cluster != self.fed_by_cluster {
+            let disks = self.disks.len();
+            actions.push(Action::Warn(match (by_cluster, disk_quorum) {
+                (true, _) => format!(
+                    "only {healthy} of {disks} disks healthy; the cluster is quorate and sees a peer: still feeding the watchdog"
+                ),
+                (false, true) => format!("{healthy} of {disks} disks healthy again"),
+                (false, false) => format!(
+                    "only {healthy} of {disks} disks healthy and the cluster no longer quorate with a peer: not feeding the watchdog"
+                ),
+            }));
+        }
+        self.fed_by_cluster = by_cluster;
+        if may_feed(disk_quorum, cluster_healthy) {
             self.last_feed = now;
             actions.push(Action::Feed);
         } else if now.saturating_sub(self.last_feed) > secs(self.timeouts.watchdog_s) {
             self.state = State::Fenced;
-            actions.push(Action::Fence(FenceReason::StorageLost {
-                healthy,
-                disks: self.disks.len(),
+            let disks = self.disks.len();
+            actions.push(Action::Fence(if self.integrated {
+                FenceReason::StorageAndClusterLost { healthy, disks }
+            } else {
+                FenceReason::StorageLost { healthy, disks }
             }));
         }
         actions

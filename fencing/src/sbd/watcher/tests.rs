@@ -388,3 +388,93 @@ fn start_mode() {
     assert_eq!(may_start(StartMode::CleanOnly, &exit), Ok(()));
     assert_eq!(may_start(StartMode::CleanOnly, &Mailbox::EMPTY), Ok(()));
 }
+
+// --- inside a cluster manager (clusterd) ---
+
+#[test]
+fn may_feed_is_disks_or_a_healthy_cluster() {
+    assert!(may_feed(true, false));
+    assert!(may_feed(true, true));
+    assert!(may_feed(false, true));
+    assert!(!may_feed(false, false));
+}
+
+#[test]
+fn disks_lost_while_the_cluster_is_healthy_keeps_feeding() {
+    let mut w = watcher(1);
+    w.on_report(0, s(1.0), ok(Command::Clear));
+    // The disk goes away at 1 s; the cluster keeps reporting healthy every 100 ms.
+    let mut warned = false;
+    for i in 10..=300 {
+        let now = s(f64::from(i) / 10.0);
+        w.on_cluster(now, true);
+        let a = w.tick(now);
+        assert!(fed(&a), "at {now:?}: {a:?}");
+        warned |= a
+            .iter()
+            .any(|x| matches!(x, Action::Warn(t) if t.contains("still feeding")));
+    }
+    assert!(warned, "the switch to the cluster's word is logged");
+    assert_eq!(w.state(), State::Running);
+}
+
+#[test]
+fn disks_and_cluster_lost_fences_within_the_watchdog_timeout() {
+    let mut w = watcher(1);
+    w.on_report(0, s(1.0), ok(Command::Clear));
+    w.on_cluster(s(6.0), true);
+    assert!(fed(&w.tick(s(6.0))), "disk gone since 5 s, cluster healthy");
+    // The peer goes: quorum lost.
+    w.on_cluster(s(6.1), false);
+    let a = w.tick(s(6.1));
+    assert!(!fed(&a), "{a:?}");
+    assert!(
+        fenced(&w.tick(s(11.0))).is_none(),
+        "5 s since the last feed: not yet"
+    );
+    w.on_cluster(s(11.2), false);
+    assert_eq!(
+        fenced(&w.tick(s(11.2))),
+        Some(&FenceReason::StorageAndClusterLost {
+            healthy: 0,
+            disks: 1
+        })
+    );
+    assert_eq!(w.state(), State::Fenced);
+    // Quorum back after the fence: too late, never fed again.
+    w.on_cluster(s(11.3), true);
+    assert!(w.tick(s(11.3)).is_empty());
+}
+
+#[test]
+fn a_cluster_that_stops_reporting_counts_as_unhealthy() {
+    let mut w = watcher(1);
+    w.on_report(0, s(1.0), ok(Command::Clear));
+    w.on_cluster(s(6.0), true);
+    assert!(fed(&w.tick(s(6.0))));
+    // No report since 6 s: healthy for one health window (io 3 + loop 1 = 4 s).
+    assert!(fed(&w.tick(s(9.9))));
+    assert!(!fed(&w.tick(s(10.0))));
+    assert!(fenced(&w.tick(s(15.0))).is_some());
+}
+
+#[test]
+fn a_pill_fences_even_when_the_cluster_is_healthy() {
+    let mut w = watcher(1);
+    w.on_cluster(s(1.0), true);
+    let a = w.on_report(0, s(1.0), ok(Command::Reset));
+    assert!(fenced(&a).is_some());
+    w.on_cluster(s(1.1), true);
+    assert!(w.tick(s(1.1)).is_empty(), "no feeding after a pill");
+}
+
+#[test]
+fn with_the_disks_readable_an_unhealthy_cluster_does_not_fence() {
+    let mut w = watcher(1);
+    for i in 1..=20 {
+        let now = s(f64::from(i));
+        w.on_report(0, now, ok(Command::Clear));
+        w.on_cluster(now, false);
+        assert!(fed(&w.tick(now)));
+    }
+}
