@@ -759,6 +759,27 @@ fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
         "sbd: beta Primary {:?} after alpha died (token, priority delay, msgwait)",
         died.elapsed()
     );
+
+    // SIGTERM stops beta's clusterd cleanly, its watchdog disarmed: the node lives on.
+    let pid = lab
+        .daemons
+        .iter()
+        .find(|(n, _)| n == "beta-clusterd")
+        .map(|(_, c)| c.0.id())
+        .expect("beta's clusterd");
+    run_ok(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    wait_for("beta's clusterd to stop on SIGTERM", WAIT, || {
+        std::fs::read_to_string(lab.path().join("beta-clusterd.log"))
+            .ok()
+            .filter(|l| l.contains("watchdog disarmed: clusterd exits"))
+    });
+    // Several watchdog timeouts (1 s): nothing kills beta's process group.
+    std::thread::sleep(Duration::from_secs(3));
+    lab.wait_replica(
+        1,
+        "beta's replicatord alive after clusterd's clean stop",
+        |s| s["role"] == "Primary",
+    );
 }
 
 #[test]

@@ -262,11 +262,11 @@ pub fn run(opts: Options, config: Config, group: Box<dyn Group>) -> Result<()> {
     std::fs::create_dir_all(&opts.run_dir)
         .with_context(|| format!("cannot create the run directory {}", opts.run_dir.display()))?;
     // The SBD watcher first, as sbd starts before the cluster: a node that cannot watch its
-    // slot must not join (a pill sent to it would count as delivered and kill nothing). The
-    // termination signals are blocked before any thread starts, so every thread inherits it.
+    // slot must not join (a pill sent to it would count as delivered and kill nothing).
     let sbd_health = match &cluster.sbd {
         Some(section) => {
-            let signals = sbd::TerminationSignals::block();
+            let signals = sbd::TerminationSignals::install()
+                .context("cannot install the SIGTERM/SIGINT handler")?;
             let spec = opts
                 .watchdog
                 .clone()

@@ -45,35 +45,43 @@ pub fn io_timeout(sbd: &ClusterSbd) -> Option<Duration> {
     (!room.is_zero()).then(|| room.min(MAX_IO_TIMEOUT))
 }
 
-/// SIGTERM and SIGINT, blocked so the watcher polls them and stops with the watchdog disarmed.
-pub struct TerminationSignals(libc::sigset_t);
+/// Set by the SIGTERM/SIGINT handler, polled by the watcher.
+static TERMINATION: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_termination(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    TERMINATION.store(true, Ordering::SeqCst);
+}
+
+/// SIGTERM and SIGINT, caught so the watcher stops with the watchdog disarmed. A handler
+/// rather than a blocked mask: programs clusterd starts (OCF agents, alerts) inherit a mask but
+/// not a handler, so their own SIGTERM keeps working.
+pub struct TerminationSignals(());
 
 impl TerminationSignals {
-    /// Blocks the signals in this thread and every thread it starts afterwards: call before
-    /// any thread starts.
-    pub fn block() -> TerminationSignals {
-        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid, exclusively borrowed sigset_t; the signal numbers are
-        // valid; pthread_sigmask only reads `set` and accepts a null old-mask pointer.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    /// Installs the handler for both signals.
+    pub fn install() -> std::io::Result<TerminationSignals> {
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: sigaction is plain data, zero is a valid empty value; sa_mask is then
+            // initialised by sigemptyset. The handler only stores to an atomic, which is
+            // async-signal-safe, and stays valid for the whole process (a fn item).
+            let r = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_termination as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut())
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
-        TerminationSignals(set)
+        Ok(TerminationSignals(()))
     }
 
-    /// Whether one arrived (consumes it), without waiting.
+    /// Whether one arrived since the last call.
     fn pending(&self) -> bool {
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: the set and the timespec are valid for the call; a null siginfo pointer is
-        // allowed.
-        unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &zero) > 0 }
+        TERMINATION.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -216,6 +224,15 @@ mod tests {
             "a two-node survivor that fenced its peer has lost it"
         );
         assert!(!cluster_healthy(false, 1), "alone and without quorum");
+    }
+
+    #[test]
+    fn sigterm_is_caught_and_seen_once() {
+        let signals = TerminationSignals::install().unwrap();
+        // SAFETY: raise(3) sends a signal to this process, whose handler is installed above.
+        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+        assert!(signals.pending());
+        assert!(!signals.pending());
     }
 
     #[test]
