@@ -285,6 +285,7 @@ cluster t{id} {{
     {sbd_section}
     quorum {{ two-node yes; }}
     token 1000;
+    shared-secret \"heartbeat-test\";
     resource r0 {{ export nbd; vip {vip}/24; {group} }}
     alert \"{}\";
 }}\n",

@@ -184,8 +184,12 @@ fn wall_ms() -> u64 {
     .unwrap_or(0)
 }
 
-/// The heartbeat key of `cluster` in `config` (see [`heartbeat::key`]).
+/// The heartbeat key of `cluster` in `config` (see [`heartbeat::key`]): the cluster's own
+/// `shared-secret` when it has one, else its resources' `shared-secret`s.
 pub fn heartbeat_key(config: &Config, cluster: &config::Cluster) -> Vec<u8> {
+    if let Some(secret) = &cluster.shared_secret {
+        return heartbeat::key(&cluster.name, [secret.as_str()]);
+    }
     let secrets: Vec<&str> = cluster
         .resources
         .iter()
@@ -1384,5 +1388,27 @@ cluster pi {{
         assert_eq!(key(&plain), heartbeat::key("pi", []));
         assert_eq!(key(&with), heartbeat::key("pi", ["s3cret"]));
         assert_ne!(key(&with), key(&other));
+    }
+
+    #[test]
+    fn the_clusters_own_secret_is_the_heartbeat_key() {
+        let key = |resource_secret: &str, cluster_secret: Option<&str>| {
+            let mut c = config("", resource_secret);
+            let mut cluster = c.cluster.take().unwrap();
+            cluster.shared_secret = cluster_secret.map(str::to_string);
+            heartbeat_key(&c, &cluster)
+        };
+        let resource = "cram-hmac-alg sha256; shared-secret \"s3cret\";";
+        assert_eq!(
+            key("", Some("cluster-key")),
+            heartbeat::key("pi", ["cluster-key"])
+        );
+        assert_eq!(
+            key(resource, Some("cluster-key")),
+            key("", Some("cluster-key")),
+            "the resources' secrets do not count beside the cluster's"
+        );
+        assert_ne!(key("", Some("cluster-key")), key("", None));
+        assert_ne!(key("", Some("cluster-key")), key(resource, None));
     }
 }

@@ -276,6 +276,9 @@ fn cluster(o: &mut Out, c: &Cluster) {
     o.opt("wait-for-all", yes_no(c.wait_for_all));
     o.close();
     o.opt("token", c.token_ms);
+    if let Some(secret) = &c.shared_secret {
+        o.opt("shared-secret", always_quote(secret));
+    }
     for r in &c.resources {
         o.open(format!("resource {}", quote(&r.name)));
         if r.export_nbd {

@@ -518,6 +518,9 @@ pub struct Cluster {
     pub wait_for_all: bool,
     /// `token`: silence after which a node is lost.
     pub token_ms: u32,
+    /// `shared-secret`: the heartbeats' HMAC key. Without it the key is made of the cluster's
+    /// resources' `shared-secret`s (and of nothing but the cluster name if none has one).
+    pub shared_secret: Option<String>,
     /// Resource groups.
     pub resources: Vec<ClusterResource>,
     /// Alert programs.

@@ -114,6 +114,7 @@ fn examples_load() {
     assert_eq!(cluster.nodes[0].fence.len(), 2);
     assert!(cluster.two_node && cluster.wait_for_all);
     assert_eq!(cluster.sbd.unwrap().msgwait_s, 10);
+    assert_eq!(cluster.shared_secret.as_deref(), Some("change-me-too"));
     assert_eq!(
         cluster.resources[0].vips,
         [("10.0.0.10".parse().unwrap(), 24)]
@@ -345,6 +346,59 @@ fn cluster_block_validation() {
         .cluster
         .unwrap();
     assert!(c.two_node && !c.wait_for_all);
+}
+
+#[test]
+fn cluster_shared_secret_is_validated_dumped_and_its_absence_warned() {
+    let cluster = |inside: &str| {
+        format!("{MINIMAL}\ncluster pi {{ node alpha {{ address 10.0.0.1; }} {inside} }}")
+    };
+    let c = parse(&cluster("shared-secret \"hb #key\";")).unwrap();
+    assert_eq!(
+        c.cluster.as_ref().unwrap().shared_secret.as_deref(),
+        Some("hb #key")
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let printed = dump::dump(&c, None);
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.trim_start().starts_with("shared-secret ") && l.ends_with(" \"hb #key\";")),
+        "{printed}"
+    );
+    assert_dump_round_trips(&c);
+
+    // Errors name the place.
+    assert_eq!(
+        err(&cluster("shared-secret \"\";")),
+        "t.conf:5:61: shared-secret must be 1 to 64 characters"
+    );
+    assert!(err(&cluster(&format!("shared-secret {};", "x".repeat(65)))).contains("1 to 64"));
+    assert!(err(&cluster("shared-secret a; shared-secret b;")).contains("duplicate"));
+    assert!(err(&cluster("shared-secret;")).contains("'shared-secret' needs a value"));
+
+    // No secret at all: warned, with the cluster's position.
+    let c = parse(&cluster("")).unwrap();
+    assert_eq!(c.cluster.as_ref().unwrap().shared_secret, None);
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter().any(|w| w.starts_with("t.conf:5:1: ")
+            && w.contains("cluster pi has no shared-secret")),
+        "{w:?}"
+    );
+    // A secret of one of the cluster's resources keys the heartbeats: no warning.
+    let text = cluster("resource r0 { export nbd; }").replace(
+        "resource r0 {\n",
+        "resource r0 {\n    net { cram-hmac-alg sha256; shared-secret r0-secret; }\n",
+    );
+    let c = parse(&text).unwrap();
+    assert!(
+        !c.warnings
+            .iter()
+            .any(|w| w.message.contains("no shared-secret")),
+        "{:?}",
+        c.warnings
+    );
 }
 
 fn assert_dump_round_trips(config: &Config) {

@@ -1001,7 +1001,6 @@ fn validate_cluster(
     resources: &[Resource],
     ctx: &mut Ctx,
 ) -> Result<Cluster, ConfigError> {
-    let _ = ctx;
     let body = section(item, 1)?;
     no_duplicates_except(body, "cluster", &["node", "resource", "alert"])?;
     let mut c = Cluster {
@@ -1011,6 +1010,7 @@ fn validate_cluster(
         two_node: false,
         wait_for_all: false,
         token_ms: 3000,
+        shared_secret: None,
         resources: Vec::new(),
         alerts: Vec::new(),
     };
@@ -1086,16 +1086,44 @@ fn validate_cluster(
                 c.resources.push(r);
             }
             "alert" => c.alerts.push(one_arg(child)?.text.clone()),
+            "shared-secret" => {
+                let w = one_arg(child)?;
+                if w.text.is_empty() || w.text.chars().count() > SHARED_SECRET_MAX_CHARS {
+                    return Err(err(
+                        &w.span,
+                        format!("shared-secret must be 1 to {SHARED_SECRET_MAX_CHARS} characters"),
+                    ));
+                }
+                c.shared_secret = Some(w.text.clone());
+            }
             k => {
                 return Err(err(
                     child.span(),
-                    format!("unknown keyword '{k}' in cluster (use node, sbd, quorum, token, resource, alert)"),
+                    format!("unknown keyword '{k}' in cluster (use node, sbd, quorum, token, shared-secret, resource, alert)"),
                 ))
             }
         }
     }
     if c.nodes.is_empty() {
         return Err(err(item.span(), "cluster has no nodes"));
+    }
+    // The heartbeats' key falls back to the cluster's resources' secrets (clusterd's
+    // heartbeat_key); with none at all they are not authenticated.
+    let resource_secret = c.resources.iter().any(|cr| {
+        resources
+            .iter()
+            .any(|r| r.name == cr.name && r.net.shared_secret.is_some())
+    });
+    if c.shared_secret.is_none() && !resource_secret {
+        ctx.warnings.push(Warning {
+            span: item.span().clone(),
+            message: format!(
+                "cluster {} has no shared-secret (and none of its resources has one): its \
+                 heartbeats are not authenticated, anyone on the heartbeat network can forge \
+                 them; add shared-secret \"...\"; to the cluster block",
+                c.name
+            ),
+        });
     }
     c.wait_for_all = wait_for_all.unwrap_or(c.two_node);
     Ok(c)
