@@ -23,26 +23,31 @@
 //!   [`Event::FenceRequest`] (if the peer is Online or Unseen) and waiting for the peer's fence
 //!   count to grow.
 //! - **Replica** (replicatord): polled every tick ([`Event::PeerRole`] from the replication
-//!   connection, [`Event::Replica`]); a promotion takes a while and fails (then
-//!   [`Event::ActionFailed`]) unless the disk is UpToDate and no connected peer is Primary, as
-//!   DRBD refuses; a demotion always succeeds.
+//!   connection, [`Event::Replica`]); a promotion takes a while, waits for fence-peer while a
+//!   disconnected peer may be UpToDate, and fails (then [`Event::ActionFailed`]) unless the
+//!   disk is UpToDate and no connected peer is Primary, as DRBD refuses; a demotion always
+//!   succeeds.
 //! - **Fencing**: a fence takes a while per method and fails sometimes; a confirmed fence cuts
 //!   the target's power first (it stops, its replica is no longer Primary). The result goes to
 //!   the fencer's core if the fencer still runs.
 //! - **Crashes**: a power cut stops a node (its core and everything it had in flight are gone);
 //!   a node restarts later with a fresh core and its disk as it was.
+//! - **Operators** ([`Scenario::admin`]): `clusterctl standby`, `unstandby`, `move`, `cleanup`
+//!   on a live node, spread with the heartbeats by epoch.
 //!
 //! The run: [`FAULT_MS`] of faults, then the network heals, fencing always works and crashed
 //! nodes may restart, for [`HEAL_MS`]. The checkers:
 //! 1. after every event: never two live Primaries;
 //! 2. at every promotion, when the core decides it (if a heartbeat told it that node was
-//!    Primary) and when replicatord completes it: if the node that was Primary before it lost that role by a crash or
-//!    a fence (not a demotion) and is not running again, a fence of it was confirmed after it
-//!    stopped being Primary;
+//!    Primary) and when replicatord completes it: if a node that was Primary lost that role by
+//!    a crash or a fence (not a demotion) and has not run again since, a fence of it was
+//!    confirmed after it stopped being Primary;
 //! 3. at the end: if a live node is UpToDate and its core has quorum, a live node is Primary.
 //!
-//! Replay a failing seed: `TANDEM_CLUSTER_SIM_SEED=<seed> cargo test -p clusterd
-//! sim::tests::replay -- --nocapture`.
+//! Replay a failing seed (a failure prints the whole command, with the scenario's variables):
+//! `TANDEM_CLUSTER_SIM_NODES=3 TANDEM_CLUSTER_SIM_SEED=<seed> cargo test -p clusterd
+//! sim::tests::replay -- --nocapture`. More seeds: `TANDEM_CLUSTER_SIM_SEEDS=5000
+//! TANDEM_CLUSTER_SIM_BASE=0 cargo test -p clusterd sim::tests::seeds`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
