@@ -98,8 +98,12 @@ pub struct OcfMember {
     pub runner: Runner,
     /// The resource.
     pub resource: OcfResource,
-    /// Timeout of start, stop and monitor.
-    pub timeout: Duration,
+    /// Timeout of start.
+    pub start_timeout: Duration,
+    /// Timeout of stop.
+    pub stop_timeout: Duration,
+    /// Timeout of monitor.
+    pub monitor_timeout: Duration,
 }
 
 impl Member for OcfMember {
@@ -107,13 +111,13 @@ impl Member for OcfMember {
         self.resource.instance.clone()
     }
     fn start(&mut self) -> Result<(), MemberError> {
-        Ok(self.runner.start(&self.resource, self.timeout)?)
+        Ok(self.runner.start(&self.resource, self.start_timeout)?)
     }
     fn stop(&mut self) -> Result<(), MemberError> {
-        Ok(self.runner.stop(&self.resource, self.timeout)?)
+        Ok(self.runner.stop(&self.resource, self.stop_timeout)?)
     }
     fn monitor(&mut self) -> Result<bool, MemberError> {
-        Ok(self.runner.monitor(&self.resource, self.timeout)?)
+        Ok(self.runner.monitor(&self.resource, self.monitor_timeout)?)
     }
 }
 
@@ -254,7 +258,9 @@ mod tests {
                     &[("state".into(), state.display().to_string())],
                 )
                 .unwrap(),
-                timeout: Duration::from_secs(20),
+                start_timeout: Duration::from_secs(20),
+                stop_timeout: Duration::from_secs(20),
+                monitor_timeout: Duration::from_secs(20),
             })
         };
         let ok_state = dir.path().join("one.state");

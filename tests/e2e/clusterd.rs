@@ -901,7 +901,8 @@ fn a_failed_monitor_moves_the_resource_at_migration_threshold() {
     let mut lab = Lab::with_group(
         45,
         false,
-        "ocf heartbeat:Dummy state=@DIR@/dummy.state; migration-threshold 1;",
+        "ocf heartbeat:Dummy state=@DIR@/dummy.state; migration-threshold 1;
+         op monitor interval=1s timeout=10s; op start timeout=20s; op stop timeout=20s;",
     );
     healthy(&mut lab);
     lab.wait_cluster(0, "r0's group (Dummy, VIP) started on alpha", |s| {

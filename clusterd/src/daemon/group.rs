@@ -13,9 +13,6 @@ use crate::group::{self as members, Members, OcfMember};
 use crate::ocf::{OcfResource, Runner};
 use crate::vip::Vip;
 
-/// Timeout of an OCF agent's start, stop or monitor.
-pub const OCF_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Starts, stops and monitors resources' groups (blocking; clusterd calls it from its worker
 /// thread).
 pub trait Group: Send {
@@ -62,7 +59,9 @@ impl Configured {
                 list.push(Box::new(OcfMember {
                     runner: runner.clone(),
                     resource,
-                    timeout: OCF_TIMEOUT,
+                    start_timeout: Duration::from_millis(r.ops.start_timeout_ms),
+                    stop_timeout: Duration::from_millis(r.ops.stop_timeout_ms),
+                    monitor_timeout: Duration::from_millis(r.ops.monitor_timeout_ms),
                 }));
             }
             for &(addr, prefix) in &r.vips {
@@ -110,6 +109,7 @@ impl Group for Configured {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use replicator::config::OcfOps;
 
     #[test]
     fn instance_names_are_unique_per_resource() {
@@ -134,6 +134,7 @@ mod tests {
             ocf: vec![("no/such:thing:at:all".into(), vec![])],
             vips: vec![],
             migration_threshold: 3,
+            ops: OcfOps::DEFAULT,
         };
         let err = Configured::new(&[r], Runner::default()).err().unwrap();
         assert!(

@@ -48,8 +48,8 @@ pub const POLL_MS: u64 = 300;
 pub const PRIORITY_DELAY_MS: u64 = 2000;
 /// Pause before a failed fence attempt is reported (and the next method or round tried).
 const FENCE_RETRY_PAUSE: Duration = Duration::from_secs(1);
-/// How often a started group's members are monitored.
-pub const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the worker waits for a job when no group is started (nothing to monitor).
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
 /// Pause before a failed group is started again.
 const RESTART_PAUSE: Duration = Duration::from_secs(2);
 
@@ -577,7 +577,11 @@ impl Daemon {
             error: error.clone(),
         });
         let interval_ms = if action == "monitor" {
-            u64::try_from(MONITOR_INTERVAL.as_millis()).unwrap_or(u64::MAX)
+            self.cluster
+                .resources
+                .iter()
+                .find(|r| r.name == resource)
+                .map_or(0, |r| r.ops.monitor_interval_ms)
         } else {
             0
         };
@@ -1209,18 +1213,24 @@ fn spawn_worker(
 ) -> mpsc::Sender<Job> {
     let (jobs, rx) = mpsc::channel::<Job>();
     std::thread::spawn(move || {
-        let mut started: BTreeSet<String> = BTreeSet::new();
-        let mut next_monitor = Instant::now() + MONITOR_INTERVAL;
+        // Each started group with the time of its next monitor (its `op monitor interval=`).
+        let mut started: BTreeMap<String, Instant> = BTreeMap::new();
+        let next =
+            |r: &ClusterResource| Instant::now() + Duration::from_millis(r.ops.monitor_interval_ms);
         loop {
-            let wait = next_monitor.saturating_duration_since(Instant::now());
+            let wait = started
+                .values()
+                .min()
+                .map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()));
             let job = match rx.recv_timeout(wait) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let to_check: Vec<&ClusterResource> = resources
+                    let now = Instant::now();
+                    let due: Vec<&ClusterResource> = resources
                         .iter()
-                        .filter(|r| started.contains(&r.name))
+                        .filter(|r| started.get(&r.name).is_some_and(|t| *t <= now))
                         .collect();
-                    for r in to_check {
+                    for r in due {
                         if let Err(error) = group.monitor(r) {
                             started.remove(&r.name);
                             let failed = Msg::MonitorFailed {
@@ -1230,9 +1240,10 @@ fn spawn_worker(
                             if tx.send(failed).is_err() {
                                 return;
                             }
+                        } else {
+                            started.insert(r.name.clone(), next(r));
                         }
                     }
-                    next_monitor = Instant::now() + MONITOR_INTERVAL;
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -1265,7 +1276,7 @@ fn spawn_worker(
                 }
             };
             if result.is_ok() && !matches!(job.kind, JobKind::Demote | JobKind::Stop) {
-                started.insert(r.name.clone());
+                started.insert(r.name.clone(), next(r));
             }
             let done = Msg::JobDone {
                 resource: job.resource,

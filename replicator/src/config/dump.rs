@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use super::model::*;
 use super::syntax::{always_quote, quote, Item, Word};
-use super::units::{format_size, KIB, SECTOR};
+use super::units::{self, format_size, KIB, SECTOR};
 
 fn word(w: &Word) -> String {
     if w.quoted {
@@ -298,6 +298,17 @@ fn cluster(o: &mut Out, c: &Cluster) {
             o.opt("vip", format!("{ip}/{prefix}"));
         }
         o.opt("migration-threshold", r.migration_threshold);
+        let d = units::format_duration_ms;
+        o.opt("op", format!("start timeout={}", d(r.ops.start_timeout_ms)));
+        o.opt("op", format!("stop timeout={}", d(r.ops.stop_timeout_ms)));
+        o.opt(
+            "op",
+            format!(
+                "monitor interval={} timeout={}",
+                d(r.ops.monitor_interval_ms),
+                d(r.ops.monitor_timeout_ms)
+            ),
+        );
         o.close();
     }
     for a in &c.alerts {

@@ -501,6 +501,43 @@ pub struct ClusterResource {
     pub vips: Vec<(std::net::IpAddr, u8)>,
     /// Failed monitors before the group moves (`migration-threshold`).
     pub migration_threshold: u32,
+    /// `op start|stop|monitor ...;`: the OCF agents' operation timeouts and monitor interval.
+    pub ops: OcfOps,
+}
+
+/// The operations of a cluster resource's OCF agents, as Pacemaker's `op` lines:
+/// `op monitor interval=10s timeout=20s; op start timeout=90s; op stop timeout=90s;`. They
+/// apply to every agent of the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OcfOps {
+    /// `op start timeout=`.
+    pub start_timeout_ms: u64,
+    /// `op stop timeout=`.
+    pub stop_timeout_ms: u64,
+    /// `op monitor interval=`: how often a started group is monitored.
+    pub monitor_interval_ms: u64,
+    /// `op monitor timeout=`.
+    pub monitor_timeout_ms: u64,
+}
+
+impl OcfOps {
+    /// Without `op` lines: every operation 60 s, a monitor every 5 s.
+    pub const DEFAULT: OcfOps = OcfOps {
+        start_timeout_ms: 60_000,
+        stop_timeout_ms: 60_000,
+        monitor_interval_ms: 5_000,
+        monitor_timeout_ms: 60_000,
+    };
+    /// The shortest interval or timeout `op` takes.
+    pub const MIN_MS: u64 = 1_000;
+    /// The longest interval or timeout `op` takes (a day).
+    pub const MAX_MS: u64 = 86_400_000;
+}
+
+impl Default for OcfOps {
+    fn default() -> OcfOps {
+        OcfOps::DEFAULT
+    }
 }
 
 /// The `cluster NAME { ... }` block (DESIGN §8).

@@ -401,6 +401,61 @@ fn cluster_shared_secret_is_validated_dumped_and_its_absence_warned() {
     );
 }
 
+#[test]
+fn cluster_resource_ops_set_timeouts_and_the_monitor_interval() {
+    let cluster = |inside: &str| {
+        format!(
+            "{MINIMAL}\ncluster pi {{ node alpha {{ address 10.0.0.1; }} shared-secret k; resource r0 {{ ocf heartbeat:Dummy; {inside} }} }}"
+        )
+    };
+    let ops = |inside: &str| parse(&cluster(inside)).unwrap().cluster.unwrap().resources[0].ops;
+    assert_eq!(ops(""), OcfOps::DEFAULT);
+    assert_eq!(
+        ops("op monitor interval=10s timeout=20s; op start timeout=2m; op stop timeout=1500ms;"),
+        OcfOps {
+            start_timeout_ms: 120_000,
+            stop_timeout_ms: 1_500,
+            monitor_interval_ms: 10_000,
+            monitor_timeout_ms: 20_000,
+        }
+    );
+    assert_eq!(
+        ops("op monitor interval=30;").monitor_interval_ms,
+        30_000,
+        "a bare number is seconds, as in Pacemaker"
+    );
+    let c = parse(&cluster(
+        "op monitor interval=10s timeout=1500ms; op start timeout=1h;",
+    ))
+    .unwrap();
+    let printed = dump::dump(&c, None);
+    for line in [
+        "op                   start timeout=3600s;",
+        "op                   stop timeout=60s;",
+        "op                   monitor interval=10s timeout=1500ms;",
+    ] {
+        assert!(printed.contains(line), "{line}\n{printed}");
+    }
+    assert_dump_round_trips(&c);
+
+    // Errors name the place (line 5: the cluster block; the setting at column 110).
+    assert_eq!(
+        err(&cluster("op monitor interval=0s;")),
+        "t.conf:5:110: interval 0s is out of range (1s to 24h)"
+    );
+    assert!(err(&cluster("op monitor interval=2d;")).contains("unknown unit 'd'"));
+    assert!(
+        err(&cluster("op start interval=10s;")).contains("op start takes timeout (not 'interval')")
+    );
+    assert!(err(&cluster("op promote timeout=10s;")).contains("unknown operation 'promote'"));
+    assert!(err(&cluster("op monitor interval;")).contains("not name=value"));
+    assert!(
+        err(&cluster("op stop timeout=5s; op stop timeout=9s;")).contains("duplicate 'op stop'")
+    );
+    assert!(err(&cluster("op;")).contains("op needs an operation"));
+    assert!(err(&cluster("op monitor timeout=25h;")).contains("out of range"));
+}
+
 fn assert_dump_round_trips(config: &Config) {
     let first = dump::dump(config, None);
     let reparsed =

@@ -75,6 +75,40 @@ pub fn parse_count(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses a duration as Pacemaker writes intervals and timeouts: a number of seconds, or with
+/// a unit `ms`, `s`, `m`/`min`, `h`/`hr`; in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let multiplier = match unit {
+        "ms" | "msec" => 1,
+        "" | "s" | "sec" => 1_000,
+        "m" | "min" => 60_000,
+        "h" | "hr" => 3_600_000,
+        other => {
+            return Err(format!(
+                "'{text}' has an unknown unit '{other}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    n.checked_mul(multiplier)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Formats milliseconds so that [`parse_duration_ms`] reads them back exactly: `90s`, `1500ms`.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// Formats a byte size so that [`parse_size`] with the same unit reads it back exactly,
 /// with the largest exact binary suffix.
 pub fn format_size(bytes: u64, unit_bytes: u64) -> String {
@@ -123,7 +157,29 @@ mod tests {
         assert!(parse_count("7s").is_err());
     }
 
+    #[test]
+    fn durations_as_pacemaker_writes_them() {
+        assert_eq!(parse_duration_ms("20"), Ok(20_000));
+        assert_eq!(parse_duration_ms("20s"), Ok(20_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("2min"), Ok(120_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert!(parse_duration_ms("s").is_err());
+        assert!(parse_duration_ms("1.5s").is_err());
+        assert!(parse_duration_ms("-1s").is_err());
+        assert!(parse_duration_ms("2d").is_err());
+        assert!(parse_duration_ms("99999999999999999h").is_err());
+        assert_eq!(format_duration_ms(90_000), "90s");
+        assert_eq!(format_duration_ms(1_500), "1500ms");
+    }
+
     proptest! {
+        #[test]
+        fn format_duration_round_trips(ms in 0u64..1u64 << 40) {
+            prop_assert_eq!(parse_duration_ms(&format_duration_ms(ms)), Ok(ms));
+        }
+
         #[test]
         fn format_size_round_trips(n in 0u64..1u64 << 40, unit in prop::sample::select(vec![1u64, SECTOR, KIB])) {
             let bytes = n * unit;

@@ -1213,7 +1213,9 @@ fn cluster_resource(item: &Item) -> Result<ClusterResource, ConfigError> {
         ocf: Vec::new(),
         vips: Vec::new(),
         migration_threshold: 3,
+        ops: OcfOps::DEFAULT,
     };
+    let mut ops_seen: Vec<String> = Vec::new();
     for o in body {
         match o.keyword() {
             "export" => match one_arg(o)?.text.as_str() {
@@ -1250,7 +1252,40 @@ fn cluster_resource(item: &Item) -> Result<ClusterResource, ConfigError> {
                 r.vips.push((ip, prefix));
             }
             "migration-threshold" => r.migration_threshold = ranged_count(o, 1, 1_000_000)?,
-            k => return Err(err(o.span(), format!("unknown keyword '{k}' in cluster resource (use export, ocf, vip, migration-threshold)"))),
+            "op" => {
+                let args = statement(o)?;
+                let Some((op, settings)) = args.split_first() else {
+                    return Err(err(o.span(), "op needs an operation: start, stop or monitor"));
+                };
+                let keys: &[&str] = match op.text.as_str() {
+                    "start" | "stop" => &["timeout"],
+                    "monitor" => &["interval", "timeout"],
+                    other => return Err(err(&op.span, format!("unknown operation '{other}' (use start, stop or monitor)"))),
+                };
+                if ops_seen.contains(&op.text) {
+                    return Err(err(&op.span, format!("duplicate 'op {}'", op.text)));
+                }
+                ops_seen.push(op.text.clone());
+                for w in settings {
+                    let Some((k, v)) = w.text.split_once('=') else {
+                        return Err(err(&w.span, format!("'{}' is not name=value (e.g. timeout=20s)", w.text)));
+                    };
+                    if !keys.contains(&k) {
+                        return Err(err(&w.span, format!("op {} takes {} (not '{k}')", op.text, keys.join(" and "))));
+                    }
+                    let ms = units::parse_duration_ms(v).map_err(|m| err(&w.span, m))?;
+                    if !(OcfOps::MIN_MS..=OcfOps::MAX_MS).contains(&ms) {
+                        return Err(err(&w.span, format!("{k} {} is out of range (1s to 24h)", units::format_duration_ms(ms))));
+                    }
+                    match (op.text.as_str(), k) {
+                        ("start", _) => r.ops.start_timeout_ms = ms,
+                        ("stop", _) => r.ops.stop_timeout_ms = ms,
+                        (_, "interval") => r.ops.monitor_interval_ms = ms,
+                        _ => r.ops.monitor_timeout_ms = ms,
+                    }
+                }
+            }
+            k => return Err(err(o.span(), format!("unknown keyword '{k}' in cluster resource (use export, ocf, vip, migration-threshold, op)"))),
         }
     }
     Ok(r)
