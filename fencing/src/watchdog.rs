@@ -87,6 +87,28 @@ impl Watchdog for LinuxWatchdog {
     }
 }
 
+/// Opens the watchdog a `--watchdog` option names: a device path, or `test:PGID` for a
+/// [`TestWatchdog`] on process group PGID, whose helper command `helper(pgid)` gives (one that
+/// runs [`run_test_watchdog`], such as `fencectl test-watchdog PGID`).
+pub fn open(
+    spec: &str,
+    helper: impl FnOnce(i32) -> std::io::Result<Command>,
+) -> std::io::Result<Box<dyn Watchdog>> {
+    if let Some(pgid) = spec.strip_prefix("test:") {
+        let pgid: i32 = pgid
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("test:{pgid}: not a process group id")))?;
+        let watchdog = TestWatchdog::spawn(helper(pgid)?)?;
+        tracing::info!("using the test watchdog on process group {pgid}");
+        Ok(Box::new(watchdog))
+    } else {
+        let watchdog = LinuxWatchdog::open(Path::new(spec))
+            .map_err(|e| std::io::Error::other(format!("cannot open {spec}: {e}")))?;
+        tracing::info!("using watchdog device {spec}");
+        Ok(Box::new(watchdog))
+    }
+}
+
 /// The emulated watchdog: a helper process that kills a process group when not fed.
 pub struct TestWatchdog {
     child: Child,

@@ -20,7 +20,7 @@ use fencing::sbd::format::NodeName;
 use fencing::sbd::ops::{self, DeviceOptions};
 use fencing::sbd::watch::{watch_in_cluster, WatchOptions};
 use fencing::sbd::watcher::StartMode;
-use fencing::watchdog::{LinuxWatchdog, TestWatchdog, Watchdog};
+use fencing::watchdog::Watchdog;
 use replicator::config::ClusterSbd;
 
 /// The longest bound on one SBD I/O of the watcher (fencectl's default `-I`).
@@ -88,20 +88,11 @@ impl TerminationSignals {
 /// Opens the watchdog `spec`: a device path, or `test:PGID` for the test watchdog (a helper
 /// process, `clusterd --test-watchdog PGID`, that kills process group PGID when not fed).
 pub fn open_watchdog(spec: &str) -> std::io::Result<Box<dyn Watchdog>> {
-    if let Some(pgid) = spec.strip_prefix("test:") {
-        let pgid: i32 = pgid
-            .parse()
-            .map_err(|_| std::io::Error::other(format!("test:{pgid}: not a process group id")))?;
+    fencing::watchdog::open(spec, |pgid| {
         let mut helper = std::process::Command::new(std::env::current_exe()?);
         helper.arg("--test-watchdog").arg(pgid.to_string());
-        tracing::info!("SBD: using the test watchdog on process group {pgid}");
-        Ok(Box::new(TestWatchdog::spawn(helper)?))
-    } else {
-        let wd = LinuxWatchdog::open(std::path::Path::new(spec))
-            .map_err(|e| std::io::Error::other(format!("cannot open {spec}: {e}")))?;
-        tracing::info!("SBD: using watchdog device {spec}");
-        Ok(Box::new(wd))
-    }
+        Ok(helper)
+    })
 }
 
 /// Starts the watcher for `node`'s slot on a thread and returns once it feeds the watchdog,

@@ -14,7 +14,7 @@ use fencing::sbd::ops::{self, Allocated, DeviceOptions};
 use fencing::sbd::watch::{watch, WatchOptions};
 use fencing::sbd::watcher::StartMode;
 use fencing::snmp::client::{Client, Security};
-use fencing::watchdog::{self, LinuxWatchdog, TestWatchdog, Watchdog};
+use fencing::watchdog::{self, Watchdog};
 use fencing::Power;
 
 /// The most devices sbd accepts, and so do we.
@@ -427,20 +427,11 @@ impl TerminationSignals {
 }
 
 fn open_watchdog(spec: &str) -> std::io::Result<Box<dyn Watchdog>> {
-    if let Some(pgid) = spec.strip_prefix("test:") {
-        let pgid: i32 = pgid
-            .parse()
-            .map_err(|_| std::io::Error::other(format!("test:{pgid}: not a process group id")))?;
+    watchdog::open(spec, |pgid| {
         let mut helper = std::process::Command::new(std::env::current_exe()?);
         helper.arg("test-watchdog").arg(pgid.to_string());
-        tracing::info!("using the test watchdog on process group {pgid}");
-        Ok(Box::new(TestWatchdog::spawn(helper)?))
-    } else {
-        let wd = LinuxWatchdog::open(Path::new(spec))
-            .map_err(|e| std::io::Error::other(format!("cannot open {spec}: {e}")))?;
-        tracing::info!("using watchdog device {spec}");
-        Ok(Box::new(wd))
-    }
+        Ok(helper)
+    })
 }
 
 fn test_watchdog(pgid: i32, timeout: u64) -> anyhow::Result<ExitCode> {

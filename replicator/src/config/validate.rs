@@ -398,16 +398,7 @@ fn validate_net(items: &[&Item], net: &mut NetOptions, ctx: &mut Ctx) -> Result<
                 let w = one_arg(opt)?;
                 net.cram_hmac_alg = Some(keyword(w, k, HmacAlg::from_keyword, HmacAlg::KEYWORDS)?);
             }
-            "shared-secret" => {
-                let w = one_arg(opt)?;
-                if w.text.is_empty() || w.text.chars().count() > SHARED_SECRET_MAX_CHARS {
-                    return Err(err(
-                        &w.span,
-                        format!("shared-secret must be 1 to {SHARED_SECRET_MAX_CHARS} characters"),
-                    ));
-                }
-                net.shared_secret = Some(w.text.clone());
-            }
+            "shared-secret" => net.shared_secret = Some(shared_secret(opt)?),
             "sndbuf-size" => net.sndbuf_size_bytes = ranged_size(opt, 1, 0, 10 * units::MIB)?,
             "rcvbuf-size" => net.rcvbuf_size_bytes = ranged_size(opt, 1, 0, 10 * units::MIB)?,
             "max-buffers" => net.max_buffers = ranged_count(opt, 32, 131_072)?,
@@ -991,6 +982,18 @@ fn validate_resource(
     })
 }
 
+/// A `shared-secret` (a resource's `net` option or the cluster's): 1 to 64 characters.
+fn shared_secret(item: &Item) -> Result<String, ConfigError> {
+    let w = one_arg(item)?;
+    if w.text.is_empty() || w.text.chars().count() > SHARED_SECRET_MAX_CHARS {
+        return Err(err(
+            &w.span,
+            format!("shared-secret must be 1 to {SHARED_SECRET_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(w.text.clone())
+}
+
 fn yes_no(item: &Item) -> Result<bool, ConfigError> {
     let w = one_arg(item)?;
     parse_bool(&w.text).map_err(|m| err(&w.span, m))
@@ -1086,16 +1089,7 @@ fn validate_cluster(
                 c.resources.push(r);
             }
             "alert" => c.alerts.push(one_arg(child)?.text.clone()),
-            "shared-secret" => {
-                let w = one_arg(child)?;
-                if w.text.is_empty() || w.text.chars().count() > SHARED_SECRET_MAX_CHARS {
-                    return Err(err(
-                        &w.span,
-                        format!("shared-secret must be 1 to {SHARED_SECRET_MAX_CHARS} characters"),
-                    ));
-                }
-                c.shared_secret = Some(w.text.clone());
-            }
+            "shared-secret" => c.shared_secret = Some(shared_secret(child)?),
             k => {
                 return Err(err(
                     child.span(),
