@@ -89,6 +89,17 @@ impl ActivityLog {
         true
     }
 
+    /// One more reference on the extents of a range that [`ActivityLog::try_get`] made
+    /// active and still holds (a replicated write keeps its extents hot until the peer has it
+    /// on stable storage).
+    pub fn hold(&mut self, offset: u64, len: u64) {
+        for e in extents(offset, len) {
+            if let Some(entry) = self.active.get_mut(&e) {
+                entry.refs += 1;
+            }
+        }
+    }
+
     /// Drops the references [`ActivityLog::try_get`] took.
     pub fn put(&mut self, offset: u64, len: u64) {
         for e in extents(offset, len) {

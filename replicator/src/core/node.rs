@@ -455,6 +455,8 @@ enum IoPurpose {
     },
     ResyncDoneFlush,
     AlTransaction,
+    /// The flush before an activity-log transaction that evicts extents.
+    AlEvictFlush,
     BitmapFlush,
     CsumRead {
         id: u64,
@@ -659,6 +661,8 @@ pub struct Node {
     rs_unstable: Vec<(u64, u64)>,
     /// How many of `rs_unstable` the flush in progress covers.
     rs_flushing: usize,
+    /// An evicting activity-log transaction waiting for its flush: (number, block).
+    al_evicting: Option<(u32, Bytes)>,
     /// Writes whose extents wait for an activity-log transaction.
     al_wait: VecDeque<Blocked>,
     /// After the bitmap exchange: become SyncSource (true) or SyncTarget (false).
@@ -769,6 +773,7 @@ impl Node {
             bitmap_flush_pending: false,
             rs_unstable: Vec::new(),
             rs_flushing: 0,
+            al_evicting: None,
             al_wait: VecDeque::new(),
             pending_sync: None,
             promoting: None,
@@ -829,6 +834,30 @@ impl Node {
             let io = self.io(IoPurpose::BitmapFlush);
             self.out.push(Action::LocalFlush { io });
         }
+    }
+    /// A one-line summary of the queues, for a simulator's failure report.
+    pub fn debug_queues(&self) -> String {
+        let rs = self.resync.as_ref().map(|r| {
+            format!(
+                "resync cursor {} in flight {} ({} bytes) finishing {} peer_started {}",
+                r.cursor,
+                r.in_flight.len(),
+                r.in_flight_bytes,
+                r.finishing,
+                r.peer_started
+            )
+        });
+        format!(
+            "active {:?} blocked {} al_wait {} rx_queue {} ios {} al {:?} writes {} flushes {} {rs:?}",
+            self.active,
+            self.blocked.len(),
+            self.al_wait.len(),
+            self.rx_queue.len(),
+            self.ios.len(),
+            self.al,
+            self.writes.len(),
+            self.flushes.len(),
+        )
     }
     /// True while the driver should keep (re)connecting.
     pub fn wants_connection(&self) -> bool {
@@ -1357,11 +1386,18 @@ impl Node {
     ///
     /// When the bitmap UUID is in use (a resync this node was source of is unfinished) it
     /// stays, so an Inconsistent target holding it as its current UUID still resumes from the
-    /// bitmaps; the old current UUID is dropped rather than pushed into the two-entry history,
-    /// which must keep the generations an interrupted target may still hold.
+    /// bitmaps, and the old current UUID goes into the history: a target that finished unseen
+    /// holds it as its current UUID, which makes it older than this node (a full sync from
+    /// here), not unrelated (simulator seed 31 with al-extents 3).
     fn new_current_uuid_as(&mut self, was_primary: bool) {
-        if self.md.uuids[1] == 0 && self.md.uuids[0] != UUID_JUST_CREATED {
-            self.md.uuids[1] = (self.md.uuids[0] & !1) | u64::from(was_primary);
+        let current = self.md.uuids[0];
+        if current != UUID_JUST_CREATED {
+            if self.md.uuids[1] == 0 {
+                self.md.uuids[1] = (current & !1) | u64::from(was_primary);
+            } else {
+                self.md.uuids[3] = self.md.uuids[2];
+                self.md.uuids[2] = current & !1;
+            }
         }
         self.md.uuids[0] = self.new_uuid();
     }
@@ -1508,18 +1544,53 @@ impl Node {
 
     /// Writes the next activity-log transaction if writes wait for one.
     fn al_pump(&mut self) {
-        if let Some((nr, tr, evicts)) = self.al.next_transaction() {
-            if evicts {
-                // Evicted extents leave the log: their bits must be on disk first.
-                self.out.push(Action::WriteBitmap);
+        if self.al_evicting.is_some() {
+            return;
+        }
+        let Some((nr, tr, evicts)) = self.al.next_transaction() else {
+            // Every slot is busy. Extents held only by replicated writes the peer has not
+            // acknowledged yet free up at the next BarrierAck: close the epoch now rather
+            // than wait for the client's next flush.
+            if !self.al_wait.is_empty()
+                && !self.al.busy()
+                && self.replicating()
+                && self.tl.back().is_some_and(|e| e.nr == self.cur_epoch)
+            {
+                self.close_epoch();
             }
-            let io = self.io(IoPurpose::AlTransaction);
+            return;
+        };
+        {
             let block = Bytes::copy_from_slice(&tr.encode());
-            self.out.push(Action::WriteAl {
-                io,
-                index: nr % AL_RING_SLOTS,
-                block,
-            });
+            if evicts {
+                // Evicted extents leave the log, so a crash no longer resyncs them: the
+                // writes completed in them must be stable first (a flush; the disk's cache
+                // would lose them otherwise, simulator seed 14 with al-extents 3), then
+                // their bits go to disk, then the transaction.
+                self.al_evicting = Some((nr, block));
+                let io = self.io(IoPurpose::AlEvictFlush);
+                self.out.push(Action::LocalFlush { io });
+                return;
+            }
+            self.write_al(nr, block);
+        }
+    }
+
+    fn write_al(&mut self, nr: u32, block: Bytes) {
+        let io = self.io(IoPurpose::AlTransaction);
+        self.out.push(Action::WriteAl {
+            io,
+            index: nr % AL_RING_SLOTS,
+            block,
+        });
+    }
+
+    /// Drops a write's references on its extents; writes waiting for a slot may get one now
+    /// (an extent that was busy when they asked can be evicted once idle).
+    fn al_put(&mut self, offset: u64, len: u64) {
+        self.al.put(offset, len);
+        if !self.al_wait.is_empty() {
+            self.al_pump();
         }
     }
 
@@ -1576,6 +1647,12 @@ impl Node {
                         flags: 0,
                         data: data.clone(),
                     }));
+                    // Its extents stay in the activity log until the peer acknowledged the
+                    // epoch (BarrierAck: stable there) or the connection is lost (the range
+                    // goes into the bitmap): a crash of this node in between must resync
+                    // them, whatever the protocol (DRBD keeps the request, and its AL
+                    // reference, until the barrier is acknowledged).
+                    self.al.hold(range.0, range.1);
                     match self.tl.back_mut() {
                         Some(e) if e.nr == self.cur_epoch => e.ranges.push(range),
                         _ => self.tl.push_back(TlEpoch {
@@ -1781,7 +1858,7 @@ impl Node {
                     w.local_err = result.err();
                     (w.offset, w.data.len() as u64)
                 };
-                self.al.put(range.0, range.1);
+                self.al_put(range.0, range.1);
                 self.maybe_complete(seq);
                 self.release(range);
             }
@@ -1793,7 +1870,7 @@ impl Node {
                 gen,
             } => {
                 let ok = result.is_ok();
-                self.al.put(offset, len);
+                self.al_put(offset, len);
                 self.release((offset, len));
                 // A write from an older connection: the epochs and sequence numbers of the
                 // current one are not its own.
@@ -1978,6 +2055,17 @@ impl Node {
                 if result.is_ok() {
                     self.rs_unstable.drain(..covered);
                     self.out.push(Action::WriteBitmap);
+                }
+            }
+            IoPurpose::AlEvictFlush => {
+                if let Err(e) = result {
+                    self.last_error = Some(format!(
+                        "flushing the disk before an activity-log eviction failed (errno {e})"
+                    ));
+                }
+                if let Some((nr, block)) = self.al_evicting.take() {
+                    self.out.push(Action::WriteBitmap);
+                    self.write_al(nr, block);
                 }
             }
             IoPurpose::AlTransaction => {
@@ -2205,7 +2293,10 @@ impl Node {
             }
             Packet::BarrierAck { barrier_nr, .. } => {
                 while self.tl.front().is_some_and(|e| e.nr <= barrier_nr) {
-                    self.tl.pop_front();
+                    let e = self.tl.pop_front().expect("checked");
+                    for (offset, len) in e.ranges {
+                        self.al_put(offset, len);
+                    }
                 }
                 self.barrier_acked = barrier_nr;
                 let ids: Vec<u64> = self.flushes.keys().copied().collect();
@@ -2754,7 +2845,16 @@ impl Node {
         // interrupted, the next connection finds "target current == source bitmap" and resumes
         // from the bitmaps instead of starting over (DRBD's P_SYNC_UUID).
         let bm = self.md.uuids[1];
-        let uuid = if bm != 0 && bm != UUID_JUST_CREATED {
+        let resuming = bm != 0
+            && self
+                .peer
+                .uuids
+                .is_some_and(|(p, _, _)| p[0] & !1 == bm & !1);
+        let uuid = if resuming {
+            // The target already holds this sync UUID (an interrupted resync resumes): keep
+            // it, so repeated interruptions do not push the history's generations out.
+            bm
+        } else if bm != 0 && bm != UUID_JUST_CREATED {
             // The old bitmap UUID goes into the history (DRBD's drbd_uuid_set): a target that
             // never got the SyncUuid still finds its current UUID here and is not "unrelated".
             self.md.uuids[3] = self.md.uuids[2];
@@ -2966,10 +3066,16 @@ impl Node {
         let was_sync_source = self.repl == ReplState::SyncSource;
         self.conn = next;
         self.repl = ReplState::Off;
+        let mut released = Vec::new();
         for e in std::mem::take(&mut self.tl) {
             for (offset, len) in e.ranges {
                 self.bitmap.set_range(offset, len);
+                released.push((offset, len));
             }
+        }
+        // The bitmap covers them now (written before any eviction).
+        for (offset, len) in released {
+            self.al_put(offset, len);
         }
         self.barrier_acked = self.last_barrier_sent;
         self.cur_epoch_writes = 0;

@@ -1623,7 +1623,7 @@ impl Sim {
                     st.uuids,
                     st.last_error,
                     st.split_brain
-                ),
+                ) + &format!(", {}", self.nodes[i].as_ref().map(|u| u.node.debug_queues()).unwrap_or_default()),
                 None => format!("{}: down", NAMES[i]),
             })
             .collect::<Vec<_>>()
@@ -2198,6 +2198,52 @@ mod found_bugs {
     #[test]
     fn an_inconsistent_node_with_more_bits_is_still_the_target() {
         run_seed(183, Scenario::default()).unwrap();
+    }
+
+    fn evicting_al() -> Scenario {
+        Scenario {
+            al_extents: 3,
+            ..Scenario::default()
+        }
+    }
+
+    /// Seed 0 with 3 `al-extents`: peer writes waited for an activity-log slot while every
+    /// slot was busy; the slots went idle when those writes' neighbours completed, but nothing
+    /// asked for the transaction again, so the writes (and the resync blocked behind their
+    /// ranges) waited forever. Completions now pump the log when writes wait.
+    #[test]
+    fn writes_waiting_for_an_al_slot_wait_forever() {
+        run_seed(0, evicting_al()).unwrap();
+    }
+
+    /// Seed 14 with 3 `al-extents`: an extent was evicted from the activity log while a
+    /// completed write in it was still only in the disk's volatile cache; the node crashed,
+    /// lost the write, and the extent was not hot, so no resync repaired it (checker b).
+    /// An evicting transaction now flushes the disk first.
+    #[test]
+    fn an_evicted_extent_loses_an_unflushed_write() {
+        run_seed(14, evicting_al()).unwrap();
+    }
+
+    /// Seed 89 with 3 `al-extents`: under protocol A a write completed once sent, its extent
+    /// was evicted, the peer (already dead) never had it and the Primary crashed: the extent
+    /// was not hot and the replicas stayed different (checker b). A replicated write now keeps
+    /// its extents in the log until its epoch is acknowledged (or the connection is lost and
+    /// the bitmap covers it), as DRBD keeps the request until the barrier ack; when every
+    /// slot is held so, the epoch is closed at once to get that ack.
+    #[test]
+    fn an_evicted_extent_forgets_a_write_the_peer_never_had() {
+        run_seed(89, evicting_al()).unwrap();
+    }
+
+    /// Seed 31 with 3 `al-extents`: a Primary that lost its SyncTarget started a new
+    /// generation and dropped its old current UUID, which the target had taken when it
+    /// finished unseen: "unrelated data" for ever. The old current UUID now goes into the
+    /// history (a full sync from the Primary), and a resumed resync keeps its sync UUID so
+    /// repeated interruptions do not push the history out.
+    #[test]
+    fn a_target_that_finished_unseen_is_not_unrelated() {
+        run_seed(31, evicting_al()).unwrap();
     }
 
     /// Seed 141: alpha, Primary and SyncSource, crashes; beta finishes the resync unseen, is
