@@ -6,6 +6,7 @@
 # Prints 4 KiB random writes at QD1 and QD32 and 1 MiB sequential writes, with ratios.
 #
 #   bash benches/replicated-vs-qemu-nbd.sh          # RUNTIME=10 s per point, SIZE_MIB=1024
+#   BIN=/tmp/old bash benches/replicated-vs-qemu-nbd.sh  # prebuilt replicatord+replctl (before/after)
 #
 # Every tandem write goes to the local disk and over TCP to the peer, which writes its copy;
 # both files live on the same filesystem of this one machine, so the replicated runs do twice
@@ -19,9 +20,11 @@ SIZE_MIB=${SIZE_MIB:-1024}
 PROTOCOLS=${PROTOCOLS:-"A B C"}
 source benches/lib.sh
 bench_need fio qemu-nbd nbdinfo python3
-echo "bench: building replicatord and replctl (release)" >&2
-cargo build --release --quiet -p replicator --bins
-BIN=build/release
+if [ -z "${BIN:-}" ]; then
+    echo "bench: building replicatord and replctl (release)" >&2
+    cargo build --release --quiet -p replicator --bins
+fi
+BIN=${BIN:-build/release}
 
 bench_init repl-bench
 

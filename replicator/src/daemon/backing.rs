@@ -1,9 +1,14 @@
 //! Local IO on the backing disk for the replication core's `LocalWrite`/`LocalRead`/
 //! `LocalFlush` actions.
 //!
-//! The primary engine is io_uring: one thread owns a ring, takes every queued request at once
-//! and submits them in one batch, writes straight from the `Bytes` the request arrived in (no
-//! copy), FUA writes carry `RWF_DSYNC`, flushes are `IORING_OP_FSYNC` with `DATASYNC`. When a
+//! The primary engine is io_uring, driven from the async runtime with no thread of its own: the
+//! caller submits a batch of requests with one `io_uring_enter` (the resource task gathers all
+//! IO of one round into one batch), and a reaper task that waits in the runtime's epoll on the
+//! ring's descriptor reaps completions and tells each request's `done`. Before, a ring thread
+//! woken through an eventfd did both, and each write paid two extra thread wakeups (one to
+//! submit, one to hand the completion over). Aligned requests are written with O_DIRECT from an
+//! aligned copy, the rest through the page cache; FUA writes carry `RWF_DSYNC`, flushes are
+//! `IORING_OP_FSYNC` with `DATASYNC`. When a
 //! ring cannot be created (old kernel, seccomp) or `TANDEM_IO=threads` is set, the same
 //! requests run as pread/pwrite/fdatasync on tokio's blocking pool; the choice is logged.
 //!
@@ -12,19 +17,18 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use io_uring::{opcode, types, IoUring};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 /// Submission queue entries of the ring (requests in flight beyond this wait in a queue).
 const RING_ENTRIES: u32 = 256;
-/// user_data of the eventfd read that wakes the ring thread.
-const WAKE: u64 = u64::MAX;
 /// O_DIRECT is used for requests aligned to this (offset, length and buffer); others go
 /// through the page cache on a second descriptor of the same file.
 const DIRECT_ALIGN: usize = 4096;
@@ -102,8 +106,8 @@ fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// What runs when an IO completes: read data (or nothing) or an errno. It runs on the ring
-/// thread or a blocking-pool thread, so it must be quick (send a message, no more).
+/// What runs when an IO completes: read data (or nothing) or an errno. It runs in the ring's
+/// reaper task or on a blocking-pool thread, so it must be quick (send a message, no more).
 pub type Done = Box<dyn FnOnce(Result<Option<Bytes>, i32>) + Send>;
 
 /// One IO request.
@@ -152,29 +156,120 @@ struct Op {
     done: Done,
 }
 
-struct Shared {
-    queue: Mutex<Vec<Op>>,
-    eventfd: OwnedFd,
-    closed: AtomicBool,
+/// The ring and everything the kernel may still point into. One lock guards it: submitters
+/// (the resource task, readers) push and submit under it, the reaper task reaps under it.
+struct RingState {
+    ring: IoUring,
+    fd: RawFd,
+    direct_fd: RawFd,
+    /// Ops owned here while the kernel may use their buffers; the index is the user_data.
+    slots: Vec<Option<Op>>,
+    free: Vec<usize>,
+    /// Ops not yet in the submission queue (the ring is full).
+    waiting: VecDeque<usize>,
+    in_flight: usize,
+    /// The descriptors the sqes name, open as long as the ring.
+    _files: (Arc<File>, Option<File>),
 }
 
-impl Shared {
-    fn wake(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writing 8 bytes from a live stack buffer to an eventfd we own.
-        unsafe {
-            libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), one.len());
+/// An op that finished, with its result, to be told outside the lock.
+type Finished = (Done, Result<Option<Bytes>, i32>);
+
+impl RingState {
+    /// Moves waiting ops into the submission queue (at most RING_ENTRIES in flight, so the
+    /// completion queue never overflows) and submits them without waiting.
+    fn push_and_submit(&mut self) -> std::io::Result<()> {
+        let mut pushed = false;
+        while self.in_flight < RING_ENTRIES as usize {
+            let Some(&slot) = self.waiting.front() else {
+                break;
+            };
+            let op = self.slots[slot].as_mut().expect("waiting slot holds an op");
+            let e = sqe(self.fd, self.direct_fd, op, slot as u64);
+            // SAFETY: the op (and so its buffer) stays in `slots` until its completion is
+            // reaped, and `slots` is never freed while ops are in flight (see Drop), so the
+            // pointers in the sqe stay valid while the kernel uses them.
+            if unsafe { self.ring.submission().push(&e) }.is_err() {
+                break;
+            }
+            self.waiting.pop_front();
+            self.in_flight += 1;
+            pushed = true;
+        }
+        while pushed {
+            match self.ring.submit() {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => pushed = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails every op not yet in the submission queue (the ring refused a submission).
+    fn fail_waiting(&mut self, finished: &mut Vec<Finished>) {
+        for slot in std::mem::take(&mut self.waiting) {
+            if let Some(op) = self.slots[slot].take() {
+                finished.push((op.done, Err(libc::EIO)));
+                self.free.push(slot);
+            }
+        }
+    }
+
+    /// Reaps every completion: finished ops go to `finished`, short transfers are resubmitted.
+    fn reap(&mut self, finished: &mut Vec<Finished>) {
+        let done: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in done {
+            self.in_flight -= 1;
+            let slot = usize::try_from(ud).expect("slot index");
+            let op = self.slots[slot]
+                .as_mut()
+                .expect("completed slot holds an op");
+            match complete(op, res) {
+                Some(result) => {
+                    let op = self.slots[slot].take().expect("slot holds an op");
+                    finished.push((op.done, result));
+                    self.free.push(slot);
+                }
+                // A short transfer: submit the rest.
+                None => self.waiting.push_back(slot),
+            }
+        }
+        if let Err(e) = self.push_and_submit() {
+            tracing::error!("io_uring submit failed: {e}");
+            self.fail_waiting(finished);
         }
     }
 }
 
-/// Stops the ring thread when the last [`Backing`] clone goes. The flag: O_DIRECT is in use.
+impl Drop for RingState {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            // Only when the runtime is torn down with IO in flight: the kernel may still use
+            // these buffers, so they are never freed.
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<RingState>,
+    /// The last [`Backing`] is gone: the reaper ends once the IO in flight is done.
+    closed: AtomicBool,
+    close: tokio::sync::Notify,
+}
+
+/// Stops the reaper when the last [`Backing`] clone goes. The flag: O_DIRECT is in use.
 struct RingHandle(Arc<Shared>, bool);
 
 impl Drop for RingHandle {
     fn drop(&mut self) {
         self.0.closed.store(true, Ordering::Release);
-        self.0.wake();
+        self.0.close.notify_one();
     }
 }
 
@@ -237,44 +332,45 @@ impl Backing {
 
     /// Submits one IO; `done` runs when it completes.
     pub fn submit(&self, op: IoOp, done: Done) {
-        if let Some(ring) = &self.ring {
-            let (kind, offset) = match op {
-                IoOp::Write { offset, data, fua } => {
-                    let direct = (ring.1 && direct_ok(offset, data.len()))
-                        .then(|| AlignedBuf::copy_of(&data));
-                    (
-                        Kind::Write {
-                            buf: data,
-                            done: 0,
-                            fua,
-                            direct,
-                        },
-                        offset,
-                    )
-                }
-                IoOp::Read { offset, len } => {
-                    let len = len as usize;
-                    let direct =
-                        (ring.1 && direct_ok(offset, len)).then(|| AlignedBuf::zeroed(len));
-                    (
-                        Kind::Read {
-                            buf: vec![0u8; len],
-                            done: 0,
-                            direct,
-                        },
-                        offset,
-                    )
-                }
-                IoOp::Flush => (Kind::Flush, 0),
-            };
-            ring.0
-                .queue
-                .lock()
-                .expect("ring queue")
-                .push(Op { kind, offset, done });
-            ring.0.wake();
+        self.submit_batch(vec![(op, done)]);
+    }
+
+    /// Submits several IOs at once, with one `io_uring_enter` from the caller's thread. Each
+    /// `done` runs when its IO completes, in any order.
+    pub fn submit_batch(&self, ops: Vec<(IoOp, Done)>) {
+        if ops.is_empty() {
             return;
         }
+        if let Some(ring) = &self.ring {
+            let mut failed = Vec::new();
+            {
+                let mut st = ring.0.state.lock().expect("ring state");
+                for (op, done) in ops {
+                    let op = prepare(op, done, ring.1);
+                    let slot = st.free.pop().unwrap_or_else(|| {
+                        st.slots.push(None);
+                        st.slots.len() - 1
+                    });
+                    st.slots[slot] = Some(op);
+                    st.waiting.push_back(slot);
+                }
+                if let Err(e) = st.push_and_submit() {
+                    tracing::error!("io_uring submit failed: {e}");
+                    st.fail_waiting(&mut failed);
+                }
+            }
+            for (done, result) in failed {
+                done(result);
+            }
+            return;
+        }
+        for (op, done) in ops {
+            self.submit_threads(op, done);
+        }
+    }
+
+    /// The fallback engine: one blocking-pool job per IO.
+    fn submit_threads(&self, op: IoOp, done: Done) {
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             let result = match op {
@@ -324,6 +420,40 @@ impl Backing {
     }
 }
 
+/// The ring's form of `op`: O_DIRECT (through an aligned copy) when `direct` and the request is
+/// aligned, else the page cache.
+fn prepare(op: IoOp, done: Done, direct: bool) -> Op {
+    let (kind, offset) = match op {
+        IoOp::Write { offset, data, fua } => {
+            let aligned =
+                (direct && direct_ok(offset, data.len())).then(|| AlignedBuf::copy_of(&data));
+            (
+                Kind::Write {
+                    buf: data,
+                    done: 0,
+                    fua,
+                    direct: aligned,
+                },
+                offset,
+            )
+        }
+        IoOp::Read { offset, len } => {
+            let len = len as usize;
+            let aligned = (direct && direct_ok(offset, len)).then(|| AlignedBuf::zeroed(len));
+            (
+                Kind::Read {
+                    buf: vec![0u8; len],
+                    done: 0,
+                    direct: aligned,
+                },
+                offset,
+            )
+        }
+        IoOp::Flush => (Kind::Flush, 0),
+    };
+    Op { kind, offset, done }
+}
+
 /// A second descriptor with O_DIRECT, if the file system takes it (tmpfs does not) and an
 /// aligned read through it works.
 fn open_direct(path: &std::path::Path) -> std::io::Result<File> {
@@ -338,26 +468,119 @@ fn open_direct(path: &std::path::Path) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Creates the ring and spawns its reaper on the current tokio runtime (there must be one).
 fn start_ring(file: Arc<File>, direct: Option<File>) -> std::io::Result<RingHandle> {
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|e| std::io::Error::other(format!("no async runtime for the reaper: {e}")))?;
     let ring = IoUring::new(RING_ENTRIES)?;
-    // SAFETY: eventfd(2) with valid flags; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let shared = Arc::new(Shared {
-        queue: Mutex::new(Vec::new()),
-        eventfd,
-        closed: AtomicBool::new(false),
-    });
-    let thread_shared = shared.clone();
+    // The reaper waits for completions in the runtime's own epoll: the ring's descriptor
+    // polls readable while its completion queue holds entries.
+    // SAFETY: the ring's descriptor is open for as long as `ring`, which outlives this borrow.
+    let ring_fd = unsafe { BorrowedFd::borrow_raw(ring.as_raw_fd()) }.try_clone_to_owned()?;
+    let _guard = rt.enter();
+    // SAFETY: `ring_fd` owns its descriptor (a duplicate of the ring's), which stays open and
+    // names the same ring until the AsyncFd that owns it drops.
+    let readable =
+        unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let fd = file.as_raw_fd();
+    let direct_fd = direct.as_ref().map_or(fd, AsRawFd::as_raw_fd);
     let has_direct = direct.is_some();
-    std::thread::Builder::new()
-        .name("tandem-uring".into())
-        .spawn(move || ring_thread(ring, file, direct, thread_shared))?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(RingState {
+            ring,
+            fd,
+            direct_fd,
+            slots: Vec::new(),
+            free: Vec::new(),
+            waiting: VecDeque::new(),
+            in_flight: 0,
+            _files: (file, direct),
+        }),
+        closed: AtomicBool::new(false),
+        close: tokio::sync::Notify::new(),
+    });
+    rt.spawn(reaper(readable, shared.clone()));
     Ok(RingHandle(shared, has_direct))
+}
+
+/// Reaps the ring's completions as they arrive and tells each op's `done`, outside the lock.
+/// Ends when the last [`Backing`] is gone and nothing is in flight.
+async fn reaper(readable: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
+    let mut finished = Vec::new();
+    loop {
+        let idle = {
+            let st = shared.state.lock().expect("ring state");
+            st.in_flight == 0 && st.waiting.is_empty()
+        };
+        if idle && shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut guard = tokio::select! {
+            r = readable.readable() => match r {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!("waiting for io_uring completions failed: {e}");
+                    return;
+                }
+            },
+            () = shared.close.notified() => continue,
+        };
+        let empty = {
+            let mut st = shared.state.lock().expect("ring state");
+            st.reap(&mut finished);
+            let empty = st.ring.completion().is_empty();
+            empty
+        };
+        if empty {
+            // A completion posted after this still wakes epoll: tokio keeps that readiness.
+            guard.clear_ready();
+        }
+        for (done, result) in finished.drain(..) {
+            done(result);
+        }
+    }
+}
+
+/// Accounts one completion of `op`: its final result, or None when a short transfer must be
+/// resubmitted for the rest.
+fn complete(op: &mut Op, res: i32) -> Option<Result<Option<Bytes>, i32>> {
+    if res < 0 {
+        return Some(Err(-res));
+    }
+    let n = usize::try_from(res).expect("non-negative");
+    match &mut op.kind {
+        Kind::Write {
+            buf, done, direct, ..
+        } => {
+            *done += n;
+            if n > 0 && *done < buf.len() {
+                // A short O_DIRECT transfer: the rest goes through the page cache.
+                *direct = None;
+            }
+            (n == 0 || *done >= buf.len()).then(|| if n == 0 { Err(libc::EIO) } else { Ok(None) })
+        }
+        Kind::Read { buf, done, direct } => {
+            *done += n;
+            if let Some(d) = direct.as_ref() {
+                // Data read with O_DIRECT lands in the aligned buffer; move it over when done
+                // or when a short read hands the rest to the page cache.
+                let upto = (*done).min(buf.len());
+                buf[..upto].copy_from_slice(&d.as_slice()[..upto]);
+                if *done < buf.len() {
+                    *direct = None;
+                }
+            }
+            if n == 0 {
+                Some(Err(libc::EIO))
+            } else if *done >= buf.len() {
+                Some(Ok(Some(Bytes::from(std::mem::take(buf)))))
+            } else {
+                None
+            }
+        }
+        Kind::Flush => Some(Ok(None)),
+    }
 }
 
 /// The sqe for `op` (or its remainder after a short transfer).
@@ -422,134 +645,6 @@ fn sqe(fd: RawFd, direct_fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue:
             .flags(types::FsyncFlags::DATASYNC)
             .build()
             .user_data(slot),
-    }
-}
-
-fn ring_thread(mut ring: IoUring, file: Arc<File>, direct: Option<File>, shared: Arc<Shared>) {
-    let fd = file.as_raw_fd();
-    let direct_fd = direct.as_ref().map_or(fd, AsRawFd::as_raw_fd);
-    let mut slots: Vec<Option<Op>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut waiting: VecDeque<usize> = VecDeque::new();
-    let mut in_flight = 0usize;
-    let mut wake_buf = [0u8; 8];
-    let mut wake_armed = false;
-    loop {
-        if !wake_armed {
-            let e = opcode::Read::new(
-                types::Fd(shared.eventfd.as_raw_fd()),
-                wake_buf.as_mut_ptr(),
-                8,
-            )
-            .build()
-            .user_data(WAKE);
-            // SAFETY: `wake_buf` lives for the whole thread, so the kernel writes into valid
-            // memory whenever this read completes.
-            if unsafe { ring.submission().push(&e) }.is_ok() {
-                wake_armed = true;
-            }
-        }
-        // Push whatever fits; the rest waits for completions to free the queue.
-        while let Some(&slot) = waiting.front() {
-            let op = slots[slot].as_mut().expect("waiting slot holds an op");
-            let e = sqe(fd, direct_fd, op, slot as u64);
-            // SAFETY: the op (and so its buffer) stays in `slots` until its completion is
-            // reaped, so the pointers in the sqe stay valid while the kernel uses them.
-            if unsafe { ring.submission().push(&e) }.is_err() {
-                break;
-            }
-            waiting.pop_front();
-            in_flight += 1;
-        }
-        if shared.closed.load(Ordering::Acquire) && in_flight == 0 && waiting.is_empty() {
-            return;
-        }
-        if let Err(e) = ring.submit_and_wait(1) {
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            tracing::error!("io_uring submit failed: {e}");
-            for slot in waiting.drain(..) {
-                if let Some(op) = slots[slot].take() {
-                    (op.done)(Err(libc::EIO));
-                }
-            }
-            return;
-        }
-        let done: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (ud, res) in done {
-            if ud == WAKE {
-                wake_armed = false;
-                let ops = std::mem::take(&mut *shared.queue.lock().expect("ring queue"));
-                for op in ops {
-                    let slot = free.pop().unwrap_or_else(|| {
-                        slots.push(None);
-                        slots.len() - 1
-                    });
-                    slots[slot] = Some(op);
-                    waiting.push_back(slot);
-                }
-                continue;
-            }
-            in_flight -= 1;
-            let slot = usize::try_from(ud).expect("slot index");
-            let op = slots[slot].as_mut().expect("completed slot holds an op");
-            let finished = if res < 0 {
-                Some(Err(-res))
-            } else {
-                let n = usize::try_from(res).expect("non-negative");
-                match &mut op.kind {
-                    Kind::Write {
-                        buf, done, direct, ..
-                    } => {
-                        *done += n;
-                        if n > 0 && *done < buf.len() {
-                            // A short O_DIRECT transfer: the rest goes through the page cache.
-                            *direct = None;
-                        }
-                        (n == 0 || *done >= buf.len()).then(|| {
-                            if n == 0 {
-                                Err(libc::EIO)
-                            } else {
-                                Ok(None)
-                            }
-                        })
-                    }
-                    Kind::Read { buf, done, direct } => {
-                        *done += n;
-                        if let Some(d) = direct.as_ref() {
-                            // Data read with O_DIRECT lands in the aligned buffer; move it over
-                            // when done or when a short read hands the rest to the page cache.
-                            let upto = (*done).min(buf.len());
-                            buf[..upto].copy_from_slice(&d.as_slice()[..upto]);
-                            if *done < buf.len() {
-                                *direct = None;
-                            }
-                        }
-                        if n == 0 {
-                            Some(Err(libc::EIO))
-                        } else if *done >= buf.len() {
-                            Some(Ok(Some(Bytes::from(std::mem::take(buf)))))
-                        } else {
-                            None
-                        }
-                    }
-                    Kind::Flush => Some(Ok(None)),
-                }
-            };
-            match finished {
-                Some(result) => {
-                    let op = slots[slot].take().expect("slot holds an op");
-                    (op.done)(result);
-                    free.push(slot);
-                }
-                // A short transfer: submit the rest.
-                None => waiting.push_back(slot),
-            }
-        }
     }
 }
 

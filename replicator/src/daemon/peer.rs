@@ -35,6 +35,8 @@ const PAIRING_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PENDING_PAIRS: usize = 4;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 256 * 1024;
+/// At most this many packets go to the resource task in one message.
+const MAX_PACKETS_PER_READ: usize = 1024;
 /// A dropped connection still sends what was queued, then FIN, and reads (discarding) until
 /// the peer closes too, for at most this long: closing with unread data would make the kernel
 /// send RST, and the peer would lose what we sent last (e.g. the generations that tell it why
@@ -76,19 +78,19 @@ pub struct Established {
 /// What the connection tasks tell the resource.
 #[derive(Debug)]
 pub enum NetEvent {
-    /// A packet arrived.
-    Packet {
+    /// Packets arrived: everything one read from the socket completed, in order.
+    Packets {
         /// Connection generation.
         gen: u64,
-        /// The packet.
-        packet: Packet,
+        /// The packets.
+        packets: Vec<Packet>,
     },
-    /// A Data packet was written to the socket (protocol A's completion point).
+    /// Data packets were written to the socket (protocol A's completion point).
     Sent {
         /// Generation.
         gen: u64,
-        /// The write's sequence number.
-        seq: u64,
+        /// The writes' sequence numbers.
+        seqs: Vec<u64>,
     },
     /// The connection failed.
     Lost {
@@ -135,6 +137,24 @@ pub async fn read_packet<R: AsyncReadExt + Unpin>(
             return Err("the peer closed the connection".into());
         }
     }
+}
+
+/// Reads at least one packet, and returns every whole packet that read brought (one message
+/// to the resource task per read instead of one per packet).
+async fn read_packets<R: AsyncReadExt + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Vec<Packet>, String> {
+    let mut packets = vec![read_packet(stream, buf).await?];
+    while packets.len() < MAX_PACKETS_PER_READ {
+        match wire::decode(buf) {
+            Ok(Some(p)) => packets.push(p),
+            Ok(None) => break,
+            // Reported by the next read_packet, after the good packets are delivered.
+            Err(_) => break,
+        }
+    }
+    Ok(packets)
 }
 
 /// Writes one packet (payloads of Data packets without copying them).
@@ -382,31 +402,46 @@ pub async fn listen(
 
 /// The running connection: queues to its writers and its tasks.
 ///
+/// [`Connection::send`] only collects packets; [`Connection::flush`] hands each writer what
+/// was collected as one batch (one wakeup, one socket write for small packets). The resource
+/// task flushes after every round of events it handles.
+///
 /// Dropping it closes the connection gracefully in the background (see [`LINGER`]): the
-/// writers send what is queued and then FIN, the readers discard until the peer closes, and
-/// from then on no task reports anything.
+/// writers send what is queued (including what was collected and not yet flushed) and then
+/// FIN, the readers discard until the peer closes, and from then on no task reports anything.
 pub struct Connection {
-    /// Packets for the data socket.
-    pub data_tx: mpsc::UnboundedSender<Packet>,
-    /// Packets for the meta socket.
-    pub meta_tx: mpsc::UnboundedSender<Packet>,
+    data_tx: mpsc::UnboundedSender<Vec<Packet>>,
+    meta_tx: mpsc::UnboundedSender<Vec<Packet>>,
+    data_out: Vec<Packet>,
+    meta_out: Vec<Packet>,
     closing: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Connection {
-    /// Sends a packet on the socket its type travels on.
-    pub fn send(&self, packet: Packet) {
-        let tx = match wire::socket_of(&packet) {
-            Some(SocketKind::Meta) => &self.meta_tx,
-            _ => &self.data_tx,
-        };
-        let _ = tx.send(packet);
+    /// Queues a packet for the socket its type travels on; it leaves at the next
+    /// [`Connection::flush`].
+    pub fn send(&mut self, packet: Packet) {
+        match wire::socket_of(&packet) {
+            Some(SocketKind::Meta) => self.meta_out.push(packet),
+            _ => self.data_out.push(packet),
+        }
+    }
+
+    /// Hands the queued packets to the writers, in the order they were queued.
+    pub fn flush(&mut self) {
+        if !self.meta_out.is_empty() {
+            let _ = self.meta_tx.send(std::mem::take(&mut self.meta_out));
+        }
+        if !self.data_out.is_empty() {
+            let _ = self.data_tx.send(std::mem::take(&mut self.data_out));
+        }
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.flush();
         // The senders drop right after this, which ends the writers once their queues are out.
         self.closing.store(true, Ordering::Relaxed);
         let tasks = std::mem::take(&mut self.tasks);
@@ -433,7 +468,7 @@ fn reader(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let r = read_packet(&mut half, &mut buf).await;
+            let r = read_packets(&mut half, &mut buf).await;
             if closing.load(Ordering::Relaxed) {
                 // Draining a dropped connection: discard until the peer closes.
                 if r.is_err() {
@@ -442,8 +477,8 @@ fn reader(
                 continue;
             }
             match r {
-                Ok(packet) => {
-                    if out.send(NetEvent::Packet { gen, packet }).is_err() {
+                Ok(packets) => {
+                    if out.send(NetEvent::Packets { gen, packets }).is_err() {
                         return;
                     }
                 }
@@ -465,17 +500,31 @@ const BATCH_BYTES: usize = 512 * 1024;
 fn writer(
     gen: u64,
     mut half: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Packet>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Packet>>,
     closing: Arc<AtomicBool>,
     out: mpsc::UnboundedSender<NetEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut batch = BytesMut::with_capacity(BATCH_BYTES);
         let mut sent: Vec<u64> = Vec::new();
+        // Protocol A completes a write once it is in the socket's send buffer: report the
+        // Data packets written so far (none while the connection is being dropped).
+        let report = |sent: &mut Vec<u64>| {
+            if closing.load(Ordering::Relaxed) {
+                sent.clear();
+            }
+            if !sent.is_empty() {
+                let seqs = std::mem::take(sent);
+                let _ = out.send(NetEvent::Sent { gen, seqs });
+            }
+        };
         while let Some(first) = rx.recv().await {
             // Everything queued right now goes out in as few writes as possible: small
-            // packets (acks, 4 KiB writes) are gathered into one buffer.
-            let mut next = Some(first);
+            // packets (acks, 4 KiB writes) are gathered into one buffer; more batches are
+            // taken from the queue until a round has written BATCH_BYTES.
+            let mut round_bytes = 0usize;
+            let mut queued = first.into_iter();
+            let mut next = queued.next();
             while let Some(packet) = next.take() {
                 let payload = wire::encode_head(&packet, &mut batch);
                 if let Packet::Data { seq, .. } = &packet {
@@ -484,6 +533,7 @@ fn writer(
                 match payload {
                     Some(p) if p.len() <= COPY_PAYLOAD_MAX => batch.extend_from_slice(&p),
                     Some(p) => {
+                        round_bytes += batch.len() + p.len();
                         if let Err(e) = flush_batch(&mut half, &mut batch).await {
                             let _ = out.send(NetEvent::Lost { gen, reason: e });
                             return;
@@ -495,24 +545,31 @@ fn writer(
                             });
                             return;
                         }
+                        report(&mut sent);
                     }
                     None => {}
                 }
-                if batch.len() < BATCH_BYTES {
-                    next = rx.try_recv().ok();
+                if batch.len() >= BATCH_BYTES {
+                    round_bytes += batch.len();
+                    if let Err(e) = flush_batch(&mut half, &mut batch).await {
+                        let _ = out.send(NetEvent::Lost { gen, reason: e });
+                        return;
+                    }
+                    report(&mut sent);
+                }
+                next = queued.next();
+                if next.is_none() && round_bytes + batch.len() < BATCH_BYTES {
+                    if let Ok(more) = rx.try_recv() {
+                        queued = more.into_iter();
+                        next = queued.next();
+                    }
                 }
             }
             if let Err(e) = flush_batch(&mut half, &mut batch).await {
                 let _ = out.send(NetEvent::Lost { gen, reason: e });
                 return;
             }
-            // Protocol A completes a write once it is in the socket's send buffer.
-            if closing.load(Ordering::Relaxed) {
-                sent.clear();
-            }
-            for seq in sent.drain(..) {
-                let _ = out.send(NetEvent::Sent { gen, seq });
-            }
+            report(&mut sent);
         }
         // The connection was dropped and everything queued is out: FIN.
         let _ = half.shutdown().await;
@@ -546,6 +603,8 @@ pub fn start(gen: u64, est: Established, out: mpsc::UnboundedSender<NetEvent>) -
     Connection {
         data_tx,
         meta_tx,
+        data_out: Vec::new(),
+        meta_out: Vec::new(),
         closing,
         tasks,
     }

@@ -27,6 +27,9 @@ use crate::md::{Layout, Superblock, MAGIC_V08};
 const TICK: Duration = Duration::from_millis(100);
 /// First retry delay when dialing fails; doubles up to connect-int.
 const DIAL_BACKOFF_START: Duration = Duration::from_millis(100);
+/// At most this many queued messages are handled in one round before its packets and IO
+/// leave (and the tick and new connections get their turn).
+const ROUND_EVENTS: usize = 256;
 /// Largest write passed to the core in one piece.
 const MAX_WRITE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -223,6 +226,7 @@ pub async fn spawn(spec: Spec) -> Result<Handle, String> {
         peer: spec.peer,
         tx: tx.clone(),
         net_tx,
+        io_batch: Vec::new(),
         writes: HashMap::new(),
         cmds: HashMap::new(),
         next_req: 1,
@@ -260,6 +264,8 @@ struct Task {
     peer: PeerParams,
     tx: mpsc::UnboundedSender<Msg>,
     net_tx: mpsc::UnboundedSender<NetEvent>,
+    /// Local IO queued this round, submitted together by [`Task::flush_out`].
+    io_batch: Vec<(IoOp, super::backing::Done)>,
     writes: HashMap<ReqId, oneshot::Sender<Result<(), i32>>>,
     cmds: HashMap<ReqId, oneshot::Sender<Result<(), String>>>,
     next_req: ReqId,
@@ -287,28 +293,49 @@ impl Task {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut down_reply = None;
-        loop {
+        'events: loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     None => break,
-                    Some(Msg::Down { reply }) => {
-                        match self.down() {
-                            Ok(()) => { down_reply = Some(reply); break; }
-                            Err(e) => { let _ = reply.send(Err(e)); }
-                        }
-                    }
-                    Some(m) => self.message(m),
+                    Some(m) => if let Some(reply) = self.message_or_down(m) {
+                        down_reply = Some(reply);
+                        break;
+                    },
                 },
                 Some(e) = net_rx.recv() => self.net(e),
                 Some(est) = est_rx.recv() => self.established(est),
                 _ = tick.tick() => self.apply(Event::Tick),
             }
+            // Take everything else already queued before acting, so that the packets and IO
+            // of this whole round leave together (one writer wakeup, one ring submission).
+            let mut budget = ROUND_EVENTS;
+            loop {
+                let before = budget;
+                while budget > 0 {
+                    let Ok(e) = net_rx.try_recv() else { break };
+                    self.net(e);
+                    budget -= 1;
+                }
+                while budget > 0 {
+                    let Ok(m) = rx.try_recv() else { break };
+                    budget -= 1;
+                    if let Some(reply) = self.message_or_down(m) {
+                        down_reply = Some(reply);
+                        break 'events;
+                    }
+                }
+                if budget == before || budget == 0 {
+                    break;
+                }
+            }
+            self.flush_out();
             self.accepting.store(
                 self.node.wants_connection() && self.conn.is_none(),
                 Ordering::Relaxed,
             );
             self.maybe_dial();
         }
+        self.flush_out();
         listen_task.abort();
         self.conn = None;
         let _ = self.nbd.remove_export(&self.name);
@@ -317,6 +344,34 @@ impl Task {
         }
         if let Some(reply) = down_reply {
             let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Handles `m`; for a `Down` that succeeded, returns its reply (sent once stopped).
+    fn message_or_down(&mut self, m: Msg) -> Option<oneshot::Sender<Result<(), String>>> {
+        match m {
+            Msg::Down { reply } => match self.down() {
+                Ok(()) => Some(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            },
+            m => {
+                self.message(m);
+                None
+            }
+        }
+    }
+
+    /// Hands this round's packets to the connection's writers and its IO to the ring.
+    fn flush_out(&mut self) {
+        if let Some(c) = &mut self.conn {
+            c.flush();
+        }
+        if !self.io_batch.is_empty() {
+            self.backing
+                .submit_batch(std::mem::take(&mut self.io_batch));
         }
     }
 
@@ -394,8 +449,16 @@ impl Task {
 
     fn net(&mut self, e: NetEvent) {
         match e {
-            NetEvent::Packet { gen, packet } => self.apply(Event::Packet { gen, packet }),
-            NetEvent::Sent { gen, seq } => self.apply(Event::Sent { gen, seq }),
+            NetEvent::Packets { gen, packets } => {
+                for packet in packets {
+                    self.apply(Event::Packet { gen, packet });
+                }
+            }
+            NetEvent::Sent { gen, seqs } => {
+                for seq in seqs {
+                    self.apply(Event::Sent { gen, seq });
+                }
+            }
             NetEvent::Lost { gen, reason } => {
                 if gen == self.gen && self.conn.is_some() {
                     tracing::warn!(resource = %self.name, peer = %self.peer.peer_node, "connection lost: {reason}");
@@ -480,7 +543,7 @@ impl Task {
             Action::LocalRead { io, offset, len } => self.io(io, IoOp::Read { offset, len }),
             Action::LocalFlush { io } => self.io(io, IoOp::Flush),
             Action::Send(p) => {
-                if let Some(c) = &self.conn {
+                if let Some(c) = &mut self.conn {
                     c.send(p);
                 }
             }
@@ -611,15 +674,16 @@ impl Task {
         true
     }
 
-    /// Submits a local IO whose completion comes back to this task as [`Msg::IoDone`].
-    fn io(&self, io: IoId, op: IoOp) {
+    /// Queues a local IO for this round's submission ([`Task::flush_out`]); its completion
+    /// comes back to this task as [`Msg::IoDone`].
+    fn io(&mut self, io: IoId, op: IoOp) {
         let tx = self.tx.clone();
-        self.backing.submit(
+        self.io_batch.push((
             op,
             Box::new(move |result| {
                 let _ = tx.send(Msg::IoDone { io, result });
             }),
-        );
+        ));
     }
 
     fn sync_access(&mut self) {
