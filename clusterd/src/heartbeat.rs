@@ -4,13 +4,15 @@
 //! [`INTERVAL_MS`]-ish, over UDP to [`DEFAULT_PORT`]. A heartbeat says who sent it, on which
 //! of its links, a sequence number, which resources the sender is Primary for and which of its
 //! replicas are UpToDate, and the cluster's administrative state (standby nodes, moves) as the
-//! sender knows it, versioned by an epoch so the newest wins.
+//! sender knows it, versioned by an epoch so the newest wins. Version 2 adds which nodes the
+//! sender hears (a one-way partition must make both sides see the other lost: see
+//! [`crate::core::Event::PeerHears`]).
 //!
-//! Layout (version 1, integers big-endian; a name is a length byte then that many UTF-8 bytes):
+//! Layout (integers big-endian; a name is a length byte then that many UTF-8 bytes):
 //!
 //! ```text
 //!  0  4  magic "TDHB"
-//!  4  1  version (1)
+//!  4  1  version (2; 1 is still decoded: it has no hears list)
 //!  5  1  flags: bit 0 the sender has quorum; the others must be 0
 //!  6  2  sender's node id (its index in the cluster block)
 //!  8  8  incarnation (the sender's start time, ms since the Unix epoch)
@@ -23,12 +25,19 @@
 //!        8     admin epoch
 //!        1     standby count, then per standby node: 2 node id
 //!        1     move count, then per move: name (resource), 2 node id (target)
+//!        1     version 2 only: hears count, then per node the sender heard within `token`:
+//!              2 node id
 //! end-32 32    HMAC-SHA256 over every byte before it, keyed by [`key`]
 //! ```
 //!
-//! The cluster block has no secret of its own, so the key is derived from the cluster name and
-//! the `shared-secret`s of the cluster's replicated resources (see [`key`]). Without any secret
+//! The key is derived from the cluster name and its secrets (see [`key`]). Without any secret
 //! the MAC still rejects corrupted datagrams and other clusters' heartbeats, but not a forger.
+//!
+//! A version 1 datagram (clusterd before the hears list) decodes with [`Heartbeat::hears`]
+//! `None` (the receiver takes the sender as hearing everyone, as before), and a heartbeat
+//! without a hears list encodes as version 1, so the encoding stays canonical; clusterd itself
+//! always sends version 2. A version 1 clusterd refuses version 2 (rolling upgrades lose the
+//! old nodes' view of the new ones: upgrade every node together).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -42,7 +51,10 @@ pub const MAX_NAME_BYTES: usize = 63;
 /// Most resources, standby nodes or moves in one heartbeat.
 pub const MAX_ENTRIES: usize = 32;
 const MAGIC: &[u8; 4] = b"TDHB";
-const VERSION: u8 = 1;
+/// The version sent; [`VERSION_1`] is still decoded.
+const VERSION: u8 = 2;
+/// The version before the hears list.
+const VERSION_1: u8 = 1;
 const MAC_BYTES: usize = 32;
 const FLAG_QUORATE: u8 = 1;
 const FIXED_BYTES: usize = 25;
@@ -91,6 +103,9 @@ pub struct Heartbeat {
     pub resources: Vec<ResourceState>,
     /// The admin state as the sender knows it.
     pub admin: Admin,
+    /// The nodes the sender heard within `token` (by id); `None` in a version 1 heartbeat,
+    /// which says nothing about it.
+    pub hears: Option<Vec<u16>>,
 }
 
 /// Why a datagram is not a heartbeat of ours.
@@ -103,7 +118,7 @@ pub enum HeartbeatError {
     #[error("not a tandem heartbeat (bad magic)")]
     Magic,
     /// A version we do not speak.
-    #[error("heartbeat version {0} (this clusterd speaks 1)")]
+    #[error("heartbeat version {0} (this clusterd speaks 1 and 2)")]
     Version(u8),
     /// Flags we do not know.
     #[error("heartbeat flags {0:#x} unknown")]
@@ -191,7 +206,11 @@ impl Heartbeat {
     pub fn encode(&self, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(if self.hears.is_some() {
+            VERSION
+        } else {
+            VERSION_1
+        });
         out.push(u8::from(self.quorate));
         out.extend_from_slice(&self.node_id.to_be_bytes());
         out.extend_from_slice(&self.incarnation.to_be_bytes());
@@ -214,6 +233,12 @@ impl Heartbeat {
             put_name(&mut out, r)?;
             out.extend_from_slice(&n.to_be_bytes());
         }
+        if let Some(hears) = &self.hears {
+            out.push(count(hears.len(), "heard nodes")?);
+            for n in hears {
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+        }
         let m = mac(key, &out);
         out.extend_from_slice(&m);
         if out.len() > MAX_HEARTBEAT_BYTES {
@@ -231,8 +256,9 @@ impl Heartbeat {
         if &bytes[..4] != MAGIC {
             return Err(HeartbeatError::Magic);
         }
-        if bytes[4] != VERSION {
-            return Err(HeartbeatError::Version(bytes[4]));
+        let version = bytes[4];
+        if version != VERSION && version != VERSION_1 {
+            return Err(HeartbeatError::Version(version));
         }
         let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
@@ -276,6 +302,16 @@ impl Heartbeat {
             let res = r.name("move resource")?;
             moves.push((res, r.u16("move node")?));
         }
+        let hears = if version == VERSION_1 {
+            None
+        } else {
+            let n = r.count("heard nodes")?;
+            let mut hears = Vec::with_capacity(n);
+            for _ in 0..n {
+                hears.push(r.u16("heard node")?);
+            }
+            Some(hears)
+        };
         if r.pos != body.len() {
             return Err(HeartbeatError::Trailing);
         }
@@ -293,6 +329,7 @@ impl Heartbeat {
                 standby,
                 moves,
             },
+            hears,
         })
     }
 }
@@ -374,6 +411,7 @@ mod tests {
                 standby: vec![0],
                 moves: vec![("r0".into(), 1)],
             },
+            hears: Some(vec![0, 2]),
         }
     }
 
@@ -382,11 +420,52 @@ mod tests {
         let k = key("pi", ["s3cret"]);
         let hb = sample();
         let bytes = hb.encode(&k).unwrap();
-        assert_eq!(&bytes[..6], b"TDHB\x01\x01", "version 1, quorate");
+        assert_eq!(&bytes[..6], b"TDHB\x02\x01", "version 2, quorate");
         assert_eq!(&bytes[6..8], &[0, 1]);
         assert_eq!(bytes[24], 1, "link");
         assert_eq!(&bytes[25..28], b"\x02pi");
+        let body = &bytes[..bytes.len() - 32];
+        assert_eq!(
+            &body[body.len() - 5..],
+            &[2, 0, 0, 0, 2],
+            "hears alpha and gamma"
+        );
         assert_eq!(Heartbeat::decode(&bytes, &k).unwrap(), hb);
+    }
+
+    /// A clusterd from before the hears list sends version 1: it still decodes, with no
+    /// hears list, and a heartbeat without one encodes to exactly those bytes.
+    #[test]
+    fn version_1_without_a_hears_list_still_decodes() {
+        let k = key("pi", ["s3cret"]);
+        let hb = Heartbeat {
+            hears: None,
+            ..sample()
+        };
+        let v1 = hb.encode(&k).unwrap();
+        assert_eq!(v1[4], 1);
+        let v2 = sample().encode(&k).unwrap();
+        assert_eq!(v1.len() + 5, v2.len(), "one count byte and two node ids");
+        assert_eq!(
+            v1[5..v1.len() - 32],
+            v2[5..v1.len() - 32],
+            "version 2 is version 1 plus the hears list"
+        );
+        assert_eq!(Heartbeat::decode(&v1, &k).unwrap(), hb);
+        // A version 1 body with a hears list appended has trailing bytes.
+        let mut body = v2[..v2.len() - 32].to_vec();
+        body[4] = 1;
+        assert_eq!(
+            Heartbeat::decode(&sign(&body, &k), &k),
+            Err(HeartbeatError::Trailing)
+        );
+        // And a version 2 body without one is truncated.
+        let mut body = v1[..v1.len() - 32].to_vec();
+        body[4] = 2;
+        assert_eq!(
+            Heartbeat::decode(&sign(&body, &k), &k),
+            Err(HeartbeatError::Truncated("heard nodes"))
+        );
     }
 
     #[test]
@@ -423,8 +502,8 @@ mod tests {
         b[0] = b'X';
         assert_eq!(Heartbeat::decode(&b, &k), Err(HeartbeatError::Magic));
         let mut b = sample().encode(&k).unwrap();
-        b[4] = 2;
-        assert_eq!(Heartbeat::decode(&b, &k), Err(HeartbeatError::Version(2)));
+        b[4] = 3;
+        assert_eq!(Heartbeat::decode(&b, &k), Err(HeartbeatError::Version(3)));
     }
 
     #[test]
@@ -436,6 +515,9 @@ mod tests {
         let mut hb = sample();
         hb.admin.standby = vec![0; 33];
         assert_eq!(hb.encode(&k), Err(EncodeError::TooMany("standby nodes")));
+        let mut hb = sample();
+        hb.hears = Some(vec![0; 33]);
+        assert_eq!(hb.encode(&k), Err(EncodeError::TooMany("heard nodes")));
     }
 
     #[test]
@@ -463,6 +545,7 @@ mod tests {
             resources in prop::collection::vec((name(), any::<bool>(), any::<bool>()), 0..8),
             epoch in any::<u64>(), standby in prop::collection::vec(any::<u16>(), 0..4),
             moves in prop::collection::vec((name(), any::<u16>()), 0..4),
+            hears in prop::option::of(prop::collection::vec(any::<u16>(), 0..4)),
         ) {
             let hb = Heartbeat {
                 node_id, incarnation, seq, link, quorate, cluster, node,
@@ -470,6 +553,7 @@ mod tests {
                     ResourceState { name, primary, up_to_date }
                 }).collect(),
                 admin: Admin { epoch, standby, moves },
+                hears,
             };
             let k = key("c", ["x"]);
             let bytes = hb.encode(&k).unwrap();

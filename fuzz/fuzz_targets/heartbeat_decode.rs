@@ -1,6 +1,6 @@
 //! Any datagram fed to clusterd's heartbeat decoder must give a heartbeat or an error, never a
 //! panic; a heartbeat that decodes must re-encode to exactly the datagram (the encoding is
-//! canonical).
+//! canonical: version 1, without a hears list, as well as version 2).
 //!
 //! Input: one byte that picks the mode (even: the bytes as they are, so the MAC check is
 //! fuzzed; odd: the bytes signed with the test key first, so the body's parser is reached),

@@ -327,7 +327,6 @@ cluster t{id} {{
             config,
             ips,
         };
-        let _ = &lab.ips;
         wait_for("snmpd to answer", WAIT, || {
             run(lab.nodes[1]
                 .cmd(bin("fencectl"))
@@ -443,6 +442,27 @@ cluster t{id} {{
                     .cmd(tool("bridge", "iproute2"))
                     .args(["link", "set", "dev", port, "isolated", "on"]),
             );
+        }
+    }
+
+    /// Loses node `i`'s heartbeats to the other node, one way: a policy-routing blackhole in
+    /// `i`'s namespace for UDP to port 5405 of the other's addresses (both links). Replication
+    /// (TCP) and the other node's heartbeats to `i` go on.
+    fn drop_heartbeats_from(&self, i: usize) {
+        let other = 1 - i;
+        let link1 = self.ips[other].replace("10.198.", "10.197.");
+        for to in [self.ips[other].as_str(), link1.as_str()] {
+            run_ok(self.nodes[i].cmd(tool("ip", "iproute2")).args([
+                "rule",
+                "add",
+                "to",
+                to,
+                "ipproto",
+                "udp",
+                "dport",
+                "5405",
+                "blackhole",
+            ]));
         }
     }
 
@@ -717,6 +737,48 @@ fn partition_the_primary_fences_the_other_through_the_fence_peer_handler() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// A one-way partition: alpha's heartbeats to beta are lost, beta's still reach alpha. beta
+/// loses alpha after `token`; alpha still hears beta, but beta's heartbeats soon say it no
+/// longer hears alpha, so alpha loses beta too and, holding the Primary, fences it at once
+/// (beta, without a Primary, waits its priority delay and by then cannot reach the switch).
+/// Before heartbeats carried whom their sender hears, alpha kept beta as a member and beta
+/// fenced the Primary (the simulator's seed 3603 found two Primaries that way with three
+/// nodes).
+#[test]
+fn one_way_partition_the_primary_fences_the_node_that_does_not_hear_it() {
+    let mut lab = Lab::new(46, false);
+    healthy(&mut lab);
+    for i in 0..2 {
+        lab.wait_cluster(i, "r0 Primary on alpha", |s| {
+            primary_of_r0(s).as_deref() == Some("alpha")
+        });
+    }
+    lab.drop_heartbeats_from(0);
+    let s = lab.wait_cluster(0, "alpha to fence beta, which does not hear it", |s| {
+        node_state(s, "beta") == "fenced"
+    });
+    assert!(
+        s["fence-events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["node"] == "beta" && f["method"] == "ifmib" && f["result"] == "ok"),
+        "{s}"
+    );
+    assert!(!lab.port_admin_up("swp2"), "alpha fenced beta");
+    assert!(lab.port_admin_up("swp1"), "alpha was not fenced");
+    lab.wait_replica(0, "alpha Primary with IO resumed", |s| {
+        s["role"] == "Primary" && s["io-suspended"] == false
+    });
+    // Exactly one Primary.
+    assert_eq!(lab.replica(1).unwrap()["role"], "Secondary");
+    let a = lab.cluster(0).unwrap();
+    assert_eq!(primary_of_r0(&a).as_deref(), Some("alpha"), "{a}");
+    assert_eq!(a["quorum"], true, "{a}");
+    let b = lab.cluster(1).expect("beta's clusterctl answers");
+    assert_ne!(primary_of_r0(&b).as_deref(), Some("beta"), "{b}");
 }
 
 #[test]

@@ -721,11 +721,22 @@ impl Daemon {
             .map(|r| r.name.clone())
             .collect();
         let quorate = hb.quorate;
+        // Ids beyond the cluster's are ignored (the core knows no such node).
+        let hears = hb.hears.as_ref().map(|h| {
+            h.iter()
+                .map(|&n| usize::from(n))
+                .filter(|&n| n < self.cluster.nodes.len())
+                .collect::<Vec<NodeId>>()
+        });
         let newer = hb.admin.epoch > self.admin.epoch
             || (hb.admin.epoch == self.admin.epoch && hb.admin != self.admin && from < self.me);
         let admin = newer.then(|| hb.admin.clone());
         info.last = Some(hb);
-        // Disks and quorum first: the heartbeat's decisions (who promotes) use them.
+        // Whom it hears, disks and quorum first: the heartbeat's decisions (membership, who
+        // promotes) use them. A version 1 heartbeat says nothing of whom it hears.
+        if let Some(hears) = hears {
+            self.apply(Event::PeerHears { from, hears });
+        }
         self.apply(Event::PeerDisks { from, up_to_date });
         self.apply(Event::PeerQuorum { from, quorate });
         self.apply(Event::Heartbeat {
@@ -832,6 +843,13 @@ impl Daemon {
             seq: self.seq,
             link: 0,
             quorate: self.core.has_quorum(),
+            hears: Some(
+                self.core
+                    .hears(now)
+                    .into_iter()
+                    .map(|n| u16::try_from(n).expect("config limits the node count"))
+                    .collect(),
+            ),
             cluster: self.cluster.name.clone(),
             node: self.name(self.me).to_string(),
             resources,
