@@ -17,6 +17,10 @@
 //!   Pacemaker's priority-fencing-delay), so the Primary wins the race;
 //! - replicatord's fence-peer handler may ask to fence a peer that still sends heartbeats
 //!   (its replication link broke): [`Event::FenceRequest`];
+//! - a peer the replication link saw Primary stops a promotion, and when that link drops it
+//!   still does until the link sees it Secondary or a fence of it is confirmed
+//!   ([`Event::PeerRole`]); a peer that says it does not hear this node is no member
+//!   ([`Event::PeerHears`]);
 //! - a node in standby holds no Primary; a resource moved to a node is demoted where it runs
 //!   once the target is a member, not in standby and UpToDate, and the target then promotes;
 //! - when nobody is Primary, the promoter is the move target if it can, else the lowest member
@@ -100,13 +104,20 @@ pub enum Event {
         /// Resources moved to a node.
         moves: Vec<(String, NodeId)>,
     },
-    /// What this node's replica knows of its peer's role over the replication link (fresher
-    /// than the peer's heartbeats): the peer is Primary for `resource`.
+    /// What this node's replica of `resource` knows of `peer`'s role over the replication
+    /// link (fresher than the peer's heartbeats; replicatord's `peer-role`). A peer seen
+    /// Primary there stops a promotion; when the connection drops ([`LinkRole::Unknown`]) it
+    /// may still be Primary, so it goes on stopping one until the link sees it Secondary or a
+    /// fence of it is confirmed after it was last seen Primary. A peer whose role stays unknown
+    /// while it is the only obstacle to this node's promotion is fenced after
+    /// `priority_delay_ms` (DRBD's fence-peer at promotion would fence it too).
     PeerRole {
         /// The resource.
         resource: String,
-        /// The connected peer is Primary.
-        primary: bool,
+        /// The peer.
+        peer: NodeId,
+        /// Its role as the replication link sees it.
+        role: LinkRole,
     },
     /// Whether `from` has quorum (sent with each heartbeat). A node with `wait-for-all` that
     /// hears from a quorate peer shares its quorum (corosync: a node joining a quorate
@@ -135,6 +146,18 @@ pub enum Event {
     },
     /// Time passes.
     Tick,
+}
+
+/// A peer's role as this node's replica sees it over the replication link (DRBD's
+/// `peer-role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRole {
+    /// Connected, and the peer is Primary.
+    Primary,
+    /// Connected, and the peer is Secondary.
+    Secondary,
+    /// Not connected: the peer may be anything, including a Primary it was.
+    Unknown,
 }
 
 /// How long after a failed promote or demote it is tried again.
@@ -221,8 +244,18 @@ struct Replica {
     promoting: bool,
     demoting: bool,
     retry_after_ms: u64,
-    /// The replication link says the peer is Primary.
-    peer_primary: bool,
+    /// Peers the replication link saw Primary and that may still be: not seen Secondary
+    /// since, nor confirmed fenced after that sighting.
+    link_primary: BTreeMap<NodeId, LinkPrimary>,
+}
+
+/// A peer the replication link saw Primary ([`Event::PeerRole`]).
+#[derive(Debug, Clone, Copy)]
+struct LinkPrimary {
+    /// The peer's confirmed fences when it was last seen Primary: one more ends its role.
+    fences_then: u64,
+    /// Since when the connection is down (its role unknown).
+    unknown_since_ms: Option<u64>,
 }
 
 /// The cluster as one node sees it.
@@ -440,9 +473,33 @@ impl Cluster {
                     self.joined_quorate |= quorate && !p.lost && p.seen_ever;
                 }
             }
-            Event::PeerRole { resource, primary } => {
-                if let Some(r) = self.replicas.get_mut(&resource) {
-                    r.peer_primary = primary;
+            Event::PeerRole {
+                resource,
+                peer,
+                role,
+            } => {
+                let fences = self.fence_count(peer);
+                if let (Some(r), true) = (self.replicas.get_mut(&resource), peer != self.cfg.me) {
+                    match role {
+                        LinkRole::Primary => {
+                            r.link_primary.insert(
+                                peer,
+                                LinkPrimary {
+                                    fences_then: fences,
+                                    unknown_since_ms: None,
+                                },
+                            );
+                        }
+                        LinkRole::Secondary => {
+                            r.link_primary.remove(&peer);
+                        }
+                        LinkRole::Unknown => {
+                            // The connection dropped: the peer may still be Primary (seed 1880).
+                            if let Some(l) = r.link_primary.get_mut(&peer) {
+                                l.unknown_since_ms.get_or_insert(now_ms);
+                            }
+                        }
+                    }
                 }
             }
             Event::PeerHears { from, hears } => {
@@ -563,6 +620,15 @@ impl Cluster {
                 self.out.push(Action::Fence { node: n, method: 0 });
             }
         }
+        // A peer the replication link saw Primary has ended that role once a fence of it was
+        // confirmed since.
+        for r in self.replicas.values_mut() {
+            r.link_primary.retain(|n, l| {
+                self.peers
+                    .get(n)
+                    .is_some_and(|p| p.fence_count <= l.fences_then)
+            });
+        }
         let quorum = self.has_quorum();
         let me = self.cfg.me;
         let resources: Vec<String> = self.replicas.keys().cloned().collect();
@@ -571,11 +637,12 @@ impl Cluster {
             if r.promoting || r.demoting || now < r.retry_after_ms {
                 continue;
             }
-            let someone_else_primary = r.peer_primary
-                || self
-                    .peers
-                    .values()
-                    .any(|p| !p.lost && p.primary_for.contains(&res));
+            let link_says_primary = !r.link_primary.is_empty();
+            let heartbeat_says_primary = self
+                .peers
+                .values()
+                .any(|p| !p.lost && p.primary_for.contains(&res));
+            let someone_else_primary = link_says_primary || heartbeat_says_primary;
             // A lost node that was Primary (or may be) must be confirmed fenced first; so must a
             // node never seen since this one started (it may be Primary where we cannot hear).
             let unfenced_lost = self
@@ -615,12 +682,16 @@ impl Cluster {
                 }
                 continue;
             }
-            if r.up_to_date
+            let may_promote = r.up_to_date
                 && quorum
-                && !someone_else_primary
                 && !unfenced_lost
-                && self.promoter(&res) == Some(me)
-            {
+                && !heartbeat_says_primary
+                && self.promoter(&res) == Some(me);
+            if may_promote && link_says_primary {
+                self.fence_unknown_link_primaries(&res, now);
+                continue;
+            }
+            if may_promote && !someone_else_primary {
                 self.replicas.get_mut(&res).expect("exists").promoting = true;
                 self.out.push(Action::Promote {
                     resource: res.clone(),
@@ -631,6 +702,40 @@ impl Cluster {
                     desc: format!("{res}: promoting"),
                 });
             }
+        }
+    }
+
+    /// This node would promote `res` but for peers the replication link saw Primary before it
+    /// dropped: fence each whose role has been unknown for `priority_delay_ms` (long enough
+    /// for a heartbeat saying it is Primary to arrive, and for a Primary's own fence-peer to
+    /// win), as replicatord's fence-peer at the promotion would.
+    fn fence_unknown_link_primaries(&mut self, res: &str, now: u64) {
+        let delay = self.cfg.priority_delay_ms;
+        let due: Vec<NodeId> = self.replicas[res]
+            .link_primary
+            .iter()
+            .filter(|(_, l)| l.unknown_since_ms.is_some_and(|t| now >= t + delay))
+            .map(|(&n, _)| n)
+            .collect();
+        for node in due {
+            let p = self
+                .peers
+                .get_mut(&node)
+                .expect("link_primary holds peers only");
+            if p.fencing.is_some() || self.cfg.fence_methods == 0 {
+                continue;
+            }
+            p.fence_requested = true;
+            p.fenced = false;
+            p.fencing = Some(0);
+            self.out.push(Action::Fence { node, method: 0 });
+            self.out.push(Action::Alert {
+                kind: "node",
+                node: self.cfg.nodes[node].clone(),
+                desc: format!(
+                    "{res}: Primary when the replication link dropped, role unknown since; fencing"
+                ),
+            });
         }
     }
 
@@ -985,18 +1090,158 @@ mod tests {
             },
             0,
         );
-        b.apply(
-            Event::PeerRole {
-                resource: "r0".into(),
-                primary: true,
-            },
-            10,
-        );
+        b.apply(link_role(0, LinkRole::Primary), 10);
         let acts = b.apply(replica(false), 20);
         assert!(
             acts.iter().all(|x| !matches!(x, Action::Promote { .. })),
             "{acts:?}"
         );
+    }
+
+    fn link_role(peer: NodeId, role: LinkRole) -> Event {
+        Event::PeerRole {
+            resource: "r0".into(),
+            peer,
+            role,
+        }
+    }
+
+    fn promotes(acts: &[Action]) -> bool {
+        acts.iter().any(|x| matches!(x, Action::Promote { .. }))
+    }
+
+    fn three(me: NodeId) -> Cluster {
+        let mut c = cfg(me);
+        c.nodes.push("gamma".into());
+        c.two_node = false;
+        c.wait_for_all = false;
+        Cluster::new(c)
+    }
+
+    /// Seed 1880 of three nodes: beta became Primary and lost its power before any heartbeat
+    /// of its said so; alpha's replica had seen it Primary until the connection dropped with
+    /// the power. The dropped connection must not read as "beta demoted": alpha decides
+    /// nothing until beta is fenced (here: lost, then fenced as any lost node).
+    #[test]
+    fn a_primary_seen_only_over_the_replication_link_is_not_forgotten_when_the_link_drops() {
+        let mut a = three(0);
+        a.apply(link_role(1, LinkRole::Primary), 0);
+        a.apply(replica(false), 0);
+        for t in [0, 100] {
+            // beta's heartbeats still say Secondary; the replication link says Primary.
+            assert!(!promotes(&a.apply(hb(1, false), t)));
+            assert!(!promotes(&a.apply(hb(2, false), t)));
+        }
+        let acts = a.apply(link_role(1, LinkRole::Unknown), 200);
+        assert!(!promotes(&acts), "beta may still be Primary: {acts:?}");
+        let mut fenced = false;
+        for t in (300..=7000).step_by(100) {
+            let mut acts = a.apply(hb(2, false), t);
+            acts.extend(a.apply(link_role(1, LinkRole::Unknown), t));
+            assert!(!promotes(&acts), "promoted at {t} with beta unfenced");
+            if acts.contains(&Action::Fence { node: 1, method: 0 }) {
+                fenced = true;
+                let acts = a.apply(
+                    Event::FenceResult {
+                        node: 1,
+                        method: 0,
+                        ok: true,
+                    },
+                    t + 50,
+                );
+                assert!(promotes(&acts), "beta fenced: alpha promotes: {acts:?}");
+                break;
+            }
+        }
+        assert!(fenced, "beta, silent, is lost and fenced");
+    }
+
+    /// The link seeing the peer Secondary again ends it; so does a fence confirmed after the
+    /// peer was last seen Primary (not one from before).
+    #[test]
+    fn the_link_seeing_the_peer_secondary_or_a_later_fence_ends_its_primary_role() {
+        let mut a = three(0);
+        let members = |a: &mut Cluster, t| {
+            let mut acts = a.apply(hb(1, false), t);
+            acts.extend(a.apply(hb(2, false), t));
+            acts
+        };
+        a.apply(link_role(1, LinkRole::Primary), 0);
+        a.apply(replica(false), 0);
+        assert!(!promotes(&members(&mut a, 0)));
+        a.apply(link_role(1, LinkRole::Unknown), 20);
+        assert!(!promotes(&members(&mut a, 30)));
+        let acts = a.apply(link_role(1, LinkRole::Secondary), 40);
+        assert!(promotes(&acts), "reconnected, beta is Secondary: {acts:?}");
+
+        // A fence confirmed before the sighting does not count; one after does.
+        let mut a = three(0);
+        // Not UpToDate yet: nothing to promote while the history is set up.
+        a.apply(
+            Event::Replica {
+                resource: "r0".into(),
+                primary: false,
+                up_to_date: false,
+            },
+            0,
+        );
+        members(&mut a, 0);
+        a.apply(Event::FenceRequest { node: 1 }, 10);
+        a.apply(
+            Event::FenceResult {
+                node: 1,
+                method: 0,
+                ok: true,
+            },
+            20,
+        );
+        a.apply(link_role(1, LinkRole::Primary), 30);
+        a.apply(link_role(1, LinkRole::Unknown), 40);
+        a.apply(replica(false), 45);
+        assert!(!promotes(&members(&mut a, 50)), "beta came back Primary");
+        a.apply(Event::FenceRequest { node: 1 }, 60);
+        let acts = a.apply(
+            Event::FenceResult {
+                node: 1,
+                method: 0,
+                ok: true,
+            },
+            70,
+        );
+        assert!(promotes(&acts), "fenced since: {acts:?}");
+    }
+
+    /// A peer that still sends heartbeats saying Secondary but whose replication link stays
+    /// down would block the promoter for ever: after the priority delay it is fenced, as
+    /// replicatord's fence-peer would at the promotion; never while its heartbeats say Primary.
+    #[test]
+    fn a_talking_peer_whose_role_stays_unknown_is_fenced_after_the_priority_delay() {
+        let mut a = three(0);
+        a.apply(replica(false), 0);
+        a.apply(link_role(1, LinkRole::Primary), 0);
+        a.apply(link_role(1, LinkRole::Unknown), 100);
+        let mut fence_at = None;
+        for t in (100..=6000).step_by(100) {
+            let primary = t < 2000;
+            let mut acts = a.apply(hb(1, primary), t);
+            acts.extend(a.apply(hb(2, false), t));
+            assert!(!promotes(&acts), "promoted at {t}: {acts:?}");
+            if acts.contains(&Action::Fence { node: 1, method: 0 }) {
+                fence_at = Some(t);
+                break;
+            }
+        }
+        let t = fence_at.expect("beta is fenced");
+        assert!(t >= 100 + 5000, "not before the priority delay ({t})");
+        let acts = a.apply(
+            Event::FenceResult {
+                node: 1,
+                method: 0,
+                ok: true,
+            },
+            t + 10,
+        );
+        assert!(promotes(&acts), "{acts:?}");
     }
 
     #[test]

@@ -184,6 +184,20 @@ fn wall_ms() -> u64 {
     .unwrap_or(0)
 }
 
+/// What replicatord's status says of `peer`'s role for one resource: Primary or Secondary
+/// while connected, else Unknown (also when replicatord does not answer or does not know the
+/// peer): a peer last seen Primary may still be (the core holds it until it is fenced).
+fn link_role(status: Option<&ReplicaState>, peer: &str) -> core::LinkRole {
+    let Some(p) = status.and_then(|s| s.peers.iter().find(|p| p.name == peer)) else {
+        return core::LinkRole::Unknown;
+    };
+    match (p.connection.as_str(), p.peer_role.as_str()) {
+        ("Connected", "Primary") => core::LinkRole::Primary,
+        ("Connected", "Secondary") => core::LinkRole::Secondary,
+        _ => core::LinkRole::Unknown,
+    }
+}
+
 /// The heartbeat key of `cluster` in `config` (see [`heartbeat::key`]): the cluster's own
 /// `shared-secret` when it has one, else its resources' `shared-secret`s.
 pub fn heartbeat_key(config: &Config, cluster: &config::Cluster) -> Vec<u8> {
@@ -793,14 +807,16 @@ impl Daemon {
         let mut events = Vec::new();
         for r in &self.cluster.resources {
             let s = self.replicas.get(&r.name);
-            events.push(Event::PeerRole {
-                resource: r.name.clone(),
-                primary: s.is_some_and(|s| {
-                    s.peers
-                        .iter()
-                        .any(|p| p.connection == "Connected" && p.peer_role == "Primary")
-                }),
-            });
+            for (peer, node) in self.cluster.nodes.iter().enumerate() {
+                if peer == self.me {
+                    continue;
+                }
+                events.push(Event::PeerRole {
+                    resource: r.name.clone(),
+                    peer,
+                    role: link_role(s, &node.name),
+                });
+            }
             events.push(Event::Replica {
                 resource: r.name.clone(),
                 primary: s.is_some_and(|s| s.role == "Primary"),
@@ -1357,6 +1373,40 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// replicatord's status of r0 with one peer (beta) in `connection` with `peer_role`.
+    fn replica_status(connection: &str, peer_role: &str) -> ReplicaState {
+        serde_json::from_value(serde_json::json!({
+            "name": "r0", "role": "Secondary", "disk": "UpToDate", "size-bytes": 0,
+            "uuids": [], "nbd-clients": 0, "io-suspended": false,
+            "peers": [{
+                "name": "beta", "connection": connection, "replication": "Established",
+                "peer-role": peer_role, "peer-disk": "UpToDate", "out-of-sync-kib": 0,
+            }],
+        }))
+        .unwrap()
+    }
+
+    /// Seed 1880: a dropped connection must not read as "the peer is Secondary".
+    #[test]
+    fn the_replication_link_role_is_unknown_unless_connected() {
+        use crate::core::LinkRole;
+        let role = |c: &str, r: &str| link_role(Some(&replica_status(c, r)), "beta");
+        assert_eq!(role("Connected", "Primary"), LinkRole::Primary);
+        assert_eq!(role("Connected", "Secondary"), LinkRole::Secondary);
+        assert_eq!(role("Connecting", "Unknown"), LinkRole::Unknown);
+        assert_eq!(role("StandAlone", "Secondary"), LinkRole::Unknown);
+        assert_eq!(
+            link_role(Some(&replica_status("Connected", "Primary")), "gamma"),
+            LinkRole::Unknown,
+            "not a peer of this resource"
+        );
+        assert_eq!(
+            link_role(None, "beta"),
+            LinkRole::Unknown,
+            "replicatord does not answer"
+        );
+    }
 
     fn config(fence: &str, secret: &str) -> Config {
         let text = format!(
