@@ -2666,11 +2666,21 @@ impl Node {
             SyncDecision::NoSync if self.bitmap.count() > 0 || p_bits > 0 => {
                 // Same generation but blocks marked out of sync (online verify found them):
                 // resync exactly those, from the Primary, else from the side that has bits.
+                // An UpToDate side beats a Consistent one (a crashed Secondary's hot extents
+                // are suspect on its own disk, not on the peer's; simulator seed 10 with
+                // writes during the handshake: the crashed side had more bits and overwrote
+                // an acknowledged write).
                 let my_bits = self.bitmap.count();
+                let (me_up, peer_up) = (
+                    self.disk == DiskState::UpToDate,
+                    p_disk == DiskState::UpToDate,
+                );
                 self.role == Role::Primary
                     || (p_role != Role::Primary
-                        && (my_bits > p_bits
-                            || (my_bits == p_bits && self.cfg.name < self.cfg.peer_name)))
+                        && (me_up && !peer_up
+                            || (me_up == peer_up
+                                && (my_bits > p_bits
+                                    || (my_bits == p_bits && self.cfg.name < self.cfg.peer_name)))))
             }
             SyncDecision::NoSync => {
                 let usable = |d: DiskState| d >= DiskState::Outdated && d != DiskState::DUnknown;
