@@ -961,7 +961,7 @@ fn pulled_plug_the_client_writes_through_the_vip_again_on_beta_and_loses_no_ackn
 #[test]
 fn a_failed_monitor_moves_the_resource_at_migration_threshold() {
     let mut lab = Lab::with_group(
-        45,
+        47,
         false,
         "ocf heartbeat:Dummy state=@DIR@/dummy.state; migration-threshold 1;
          op monitor interval=1s timeout=10s; op start timeout=20s; op stop timeout=20s;",
