@@ -23,21 +23,6 @@ struct Cli {
     run_dir: PathBuf,
 }
 
-/// Worker threads of the async runtime: one unless `TOKIO_WORKER_THREADS` says otherwise.
-///
-/// A replicated write crosses several tasks (NBD connection, resource, peer writer and reader,
-/// io_uring reaper); with two workers nearly every hand-over between them woke the other,
-/// parked worker, and each 4 KiB write cost about 15 context switches on the two nodes
-/// instead of 11 with one worker (measured on `benches/replicated-vs-qemu-nbd.sh`'s pair).
-/// Blocking work (meta-data writes, handlers) runs on tokio's blocking pool either way.
-fn worker_threads() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -54,7 +39,6 @@ fn main() -> ExitCode {
         run_dir: cli.run_dir,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
         .enable_all()
         .build()
     {
