@@ -12,6 +12,7 @@
 # both files live on the same filesystem of this one machine, so the replicated runs do twice
 # the disk work of the unreplicated ones on the same device.
 # Needs: fio, qemu-utils, libnbd-bin, python3 (scripts/deps.sh installs the first three).
+# Measured figures and what they mean: docs/replicator.md, "The write path and what it costs".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
