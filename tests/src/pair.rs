@@ -239,15 +239,24 @@ impl Pair {
         });
     }
 
-    /// Starts both daemons, `up` on both, and waits until they are connected.
+    /// Starts both daemons, `up` on both, and waits until they are connected and both have
+    /// finished the handshake (a promotion during it is refused, as DRBD refuses one in
+    /// WFReportParams).
     pub fn up_connected(&mut self) {
         self.start(0);
         self.start(1);
         run_ok(&mut self.replctl(0, &["up", "r0"]));
         run_ok(&mut self.replctl(1, &["up", "r0"]));
-        self.wait_status(0, "alpha connected", |s| {
-            s["peers"][0]["connection"] == "Connected"
-        });
+        for (i, what) in [(0, "alpha connected"), (1, "beta connected")] {
+            self.wait_status(i, what, |s| {
+                let p = &s["peers"][0];
+                p["connection"] == "Connected"
+                    && !matches!(
+                        p["replication"].as_str(),
+                        None | Some("Off" | "WFReportParams" | "WFBitMap")
+                    )
+            });
+        }
     }
 
     /// Starts both daemons, `up` on both, `primary --force` on alpha, and waits for the
