@@ -2,6 +2,12 @@
 //! Unix socket `<run-dir>/replicatord.sock`. A request gets one response line, except
 //! `events`, which streams one [`EventLine`] per state change until the client hangs up.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The control socket's file name inside the run directory.
@@ -10,6 +16,56 @@ pub const SOCKET_NAME: &str = "replicatord.sock";
 pub const NBD_SOCKET_NAME: &str = "nbd.sock";
 /// Longest request line accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Longest answer line [`ask`] reads.
+pub const MAX_ANSWER_BYTES: u64 = 4 << 20;
+
+/// What went wrong talking to a daemon's control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The socket does not accept connections (the daemon is not running).
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Writing the request or reading the answer failed (or timed out).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon hung up without an answer.
+    #[error("the daemon closed the connection without answering")]
+    Closed,
+    /// The answer is not what was expected.
+    #[error("the daemon's answer: {0}")]
+    Parse(#[from] serde_json::Error),
+}
+
+/// Sends one request line on a control socket (`replicatord`'s, `clusterd`'s: the same JSON
+/// lines protocol) and reads its one answer line (at most [`MAX_ANSWER_BYTES`]); `timeout`
+/// bounds each read and write.
+pub fn ask<Q: Serialize, A: DeserializeOwned>(
+    path: &Path,
+    request: &Q,
+    timeout: Option<Duration>,
+) -> Result<A, AskError> {
+    let stream = UnixStream::connect(path).map_err(|source| AskError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new((&stream).take(MAX_ANSWER_BYTES)).read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(AskError::Closed);
+    }
+    Ok(serde_json::from_str(&answer)?)
+}
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,6 @@
 //! start both daemons, bring the resource up, promote alpha and show the initial sync, then
 //! print the status, the NBD URIs and how to mount. Ctrl-C tears everything down.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -63,15 +62,7 @@ fn free_port(ip: Ipv4Addr) -> Result<u16> {
 }
 
 fn ask(run_dir: &Path, request: &Request) -> Result<Response> {
-    let path = run_dir.join(control::SOCKET_NAME);
-    let mut s =
-        UnixStream::connect(&path).with_context(|| format!("connect {}", path.display()))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    s.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer)?;
-    let r: Response = serde_json::from_str(&answer).context("replicatord's answer")?;
+    let r: Response = control::ask(&run_dir.join(control::SOCKET_NAME), request, None)?;
     if !r.ok {
         bail!("{}", r.error.clone().unwrap_or_default());
     }

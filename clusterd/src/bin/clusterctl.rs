@@ -1,8 +1,6 @@
 //! `clusterctl`: the admin CLI of clusterd (DESIGN §4, §8), a client of
 //! `<run-dir>/clusterd.sock`; also replicatord's `fence-peer` handler.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use clusterd::control::{self, Request, Response};
 use replicator::config;
+use replicator::control::AskError;
 
 /// Admin CLI of tandem's cluster daemon.
 #[derive(Parser)]
@@ -73,25 +72,17 @@ enum Command {
 
 fn ask(cli: &Cli, request: &Request) -> Result<Response> {
     let path = cli.run_dir.join(control::SOCKET_NAME);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!(
+    replicator::control::ask(&path, request, None).map_err(|e| match e {
+        AskError::Connect { path, .. } => anyhow::anyhow!(
             "clusterd is not running for --run-dir {} (cannot connect to {}); start it with \
              'clusterd --node NAME --run-dir {}'",
             cli.run_dir.display(),
             path.display(),
             cli.run_dir.display()
-        )
-    })?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut answer = String::new();
-    reader.read_line(&mut answer)?;
-    if answer.is_empty() {
-        bail!("clusterd closed the connection without answering");
-    }
-    Ok(serde_json::from_str(&answer)?)
+        ),
+        AskError::Closed => anyhow::anyhow!("clusterd closed the connection without answering"),
+        e => e.into(),
+    })
 }
 
 fn simple(cli: &Cli, request: Request) -> Result<u8> {

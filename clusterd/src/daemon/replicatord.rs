@@ -1,41 +1,31 @@
 //! A blocking client of replicatord's control socket (`<run-dir>/replicatord.sock`): the
 //! replica states clusterd polls, and promote/demote.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use replicator::control::{self, Request, ResourceStatus, Response};
+use replicator::control::{self, AskError, Request, ResourceStatus, Response};
 
 /// The bound on one request (a promotion writes meta-data, which may take a moment).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest answer read.
-const MAX_ANSWER_BYTES: u64 = 4 << 20;
-
 /// Sends one request and reads its answer.
 pub fn ask(run_dir: &Path, request: &Request) -> Result<Response, String> {
-    let path = run_dir.join(control::SOCKET_NAME);
-    let stream = UnixStream::connect(&path)
-        .map_err(|e| format!("replicatord is not reachable at {}: {e}", path.display()))?;
-    stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
-        .map_err(|e| format!("replicatord socket: {e}"))?;
-    let mut line = serde_json::to_string(request).expect("serializable");
-    line.push('\n');
-    (&stream)
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("writing to replicatord: {e}"))?;
-    let mut reader = BufReader::new((&stream).take(MAX_ANSWER_BYTES));
-    let mut answer = String::new();
-    reader
-        .read_line(&mut answer)
-        .map_err(|e| format!("reading replicatord's answer: {e}"))?;
-    if answer.is_empty() {
-        return Err("replicatord closed the connection without answering".into());
-    }
-    serde_json::from_str(&answer).map_err(|e| format!("replicatord's answer: {e}"))
+    control::ask(
+        &run_dir.join(control::SOCKET_NAME),
+        request,
+        Some(REQUEST_TIMEOUT),
+    )
+    .map_err(|e| match e {
+        AskError::Connect { path, source } => {
+            format!(
+                "replicatord is not reachable at {}: {source}",
+                path.display()
+            )
+        }
+        AskError::Io(e) => format!("talking to replicatord: {e}"),
+        AskError::Closed => "replicatord closed the connection without answering".into(),
+        AskError::Parse(e) => format!("replicatord's answer: {e}"),
+    })
 }
 
 fn simple(run_dir: &Path, request: &Request) -> Result<(), String> {

@@ -236,26 +236,19 @@ fn dump_md(cli: &Cli, resource: &str, force: bool) -> Result<()> {
 
 /// Sends one request to replicatord and returns its response.
 fn ask(cli: &Cli, request: &Request) -> Result<Response> {
-    let path = cli.run_dir.join(control::SOCKET_NAME);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!(
+    control::ask(&cli.run_dir.join(control::SOCKET_NAME), request, None).map_err(|e| match e {
+        control::AskError::Connect { path, .. } => anyhow::anyhow!(
             "replicatord is not running for --run-dir {} (cannot connect to {}); start it with \
              'replicatord --node NAME --run-dir {}'",
             cli.run_dir.display(),
             path.display(),
             cli.run_dir.display()
-        )
-    })?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut answer = String::new();
-    reader.read_line(&mut answer)?;
-    if answer.is_empty() {
-        bail!("replicatord closed the connection without answering");
-    }
-    Ok(serde_json::from_str(&answer)?)
+        ),
+        control::AskError::Closed => {
+            anyhow::anyhow!("replicatord closed the connection without answering")
+        }
+        e => e.into(),
+    })
 }
 
 fn simple(cli: &Cli, request: Request) -> Result<()> {
