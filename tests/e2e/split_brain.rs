@@ -31,6 +31,17 @@ fn lost(p: &Pair, i: usize) -> bool {
     p.status(i)["peers"][0]["connection"] != "Connected"
 }
 
+/// Cuts the link, waits until both sides have noticed, and promotes beta (alpha is Primary).
+fn split(p: &Pair) {
+    p.partition();
+    wait_for(
+        "both sides to notice the partition",
+        Duration::from_secs(30),
+        || (lost(p, 0) && lost(p, 1)).then_some(()),
+    );
+    run_ok(&mut p.replctl(1, &["primary", "r0"]));
+}
+
 fn run_row(id: u8, row: &Row) {
     let dir = tempfile::tempdir().unwrap();
     let (script, marker) = (dir.path().join("pri-lost.sh"), dir.path().join("pri-lost"));
@@ -51,13 +62,7 @@ fn run_row(id: u8, row: &Row) {
         &format!("handlers {{ pri-lost-after-sb \"{}\"; }}", script.display()),
     );
     p.up_synced();
-    p.partition();
-    wait_for(
-        "both sides to notice the partition",
-        Duration::from_secs(30),
-        || (lost(&p, 0) && lost(&p, 1)).then_some(()),
-    );
-    run_ok(&mut p.replctl(1, &["primary", "r0"]));
+    split(&p);
     for k in 0..row.writes.0 {
         p.write(0, 2 * k * BLOCK, BLOCK, 0xaa);
     }
@@ -259,11 +264,7 @@ fn after_split_brain_policies_with_a_losing_primary() {
 fn manual_split_brain_recovery() {
     let mut p = Pair::new(45, 'C', "");
     p.up_synced();
-    p.partition();
-    wait_for("the partition", Duration::from_secs(30), || {
-        (lost(&p, 0) && lost(&p, 1)).then_some(())
-    });
-    run_ok(&mut p.replctl(1, &["primary", "r0"]));
+    split(&p);
     p.write(0, 0, BLOCK, 0xaa);
     p.write(1, BLOCK, 2 * BLOCK, 0xbb);
     p.heal();
@@ -321,11 +322,7 @@ fn rr_conflict_keeps_a_primary_from_being_overwritten() {
     for (id, policy) in [(61, "disconnect"), (62, "retry-connect")] {
         let mut p = Pair::new(id, 'C', &format!("rr-conflict {policy};"));
         p.up_synced();
-        p.partition();
-        wait_for("the partition", Duration::from_secs(30), || {
-            (lost(&p, 0) && lost(&p, 1)).then_some(())
-        });
-        run_ok(&mut p.replctl(1, &["primary", "r0"]));
+        split(&p);
         p.write(0, 0, BLOCK, 0xaa);
         p.write(1, BLOCK, BLOCK, 0xbb);
         run_ok(&mut p.replctl(1, &["secondary", "r0"]));
