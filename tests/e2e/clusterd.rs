@@ -178,17 +178,7 @@ impl Lab {
             format!("agentAddress udp:{switch_ip}:161\nrwcommunity private {net}.0/24\n"),
         )
         .expect("write snmpd.conf");
-        let snmpd = switch
-            .cmd(tool("snmpd", "snmpd"))
-            .args(["-f", "-Lo", "-C", "-c"])
-            .arg(&snmpd_conf)
-            .env("MIBS", "")
-            .env("SNMP_PERSISTENT_DIR", dir.path().join("snmp-persist"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn snmpd");
+        let snmpd = switch.snmpd(&snmpd_conf, &dir.path().join("snmp-persist"));
 
         let disks: Vec<PathBuf> = NAMES
             .iter()

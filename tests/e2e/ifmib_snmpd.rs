@@ -5,7 +5,7 @@
 //! (SHA/AES and MD5/DES); a wrong community, wrong v3 credentials or an unreachable switch fail
 //! with exit status 1 and a one-line error.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use tandem_tests::{bin, run, run_ok, run_with_stdin, tool, wait_for, ChildGuard, Netns};
@@ -106,18 +106,7 @@ impl Lab {
             ),
         )
         .unwrap();
-        let snmpd = switch
-            .cmd(tool("snmpd", "snmpd"))
-            .args(["-f", "-Lo", "-C", "-c"])
-            .arg(&conf)
-            // No MIB files are needed; the persistent store stays in our temporary directory.
-            .env("MIBS", "")
-            .env("SNMP_PERSISTENT_DIR", dir.path().join("persist"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn snmpd");
+        let snmpd = switch.snmpd(&conf, &dir.path().join("persist"));
         let lab = Lab {
             snmpd: Some(ChildGuard(snmpd)),
             switch,

@@ -164,6 +164,21 @@ impl Netns {
         c.args(["netns", "exec", &self.name]).arg(program);
         c
     }
+
+    /// net-snmp's `snmpd` in the foreground inside the namespace, answering with `conf` only
+    /// (no MIB files needed), its persistent store in `state_dir`.
+    pub fn snmpd(&self, conf: &Path, state_dir: &Path) -> Child {
+        self.cmd(tool("snmpd", "snmpd"))
+            .args(["-f", "-Lo", "-C", "-c"])
+            .arg(conf)
+            .env("MIBS", "")
+            .env("SNMP_PERSISTENT_DIR", state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn snmpd")
+    }
 }
 
 impl Drop for Netns {
