@@ -48,26 +48,7 @@ fuzz_target!(|data: &[u8]| {
         let again = Bhs::decode(&bhs.encode()).expect("an encoded BHS decodes");
         assert_eq!(again, bhs);
         let _ = text::parse(&frame.data);
-        if let Bhs::LoginRequest {
-            transit,
-            cont,
-            csg,
-            nsg,
-            version_min,
-            isid,
-            tsih,
-            ..
-        } = bhs
-        {
-            let req = Request {
-                transit,
-                cont,
-                csg,
-                nsg,
-                version_min,
-                isid,
-                tsih,
-            };
+        if let Some(req) = Request::of(&bhs) {
             let r = login.step(&req, &frame.data);
             assert!(r.failure.is_none() || r.established.is_none());
         }

@@ -172,6 +172,33 @@ pub struct Request {
     pub tsih: u16,
 }
 
+impl Request {
+    /// The login fields of a Login Request PDU's header; `None` for any other PDU.
+    pub fn of(bhs: &super::pdu::Bhs) -> Option<Request> {
+        match *bhs {
+            super::pdu::Bhs::LoginRequest {
+                transit,
+                cont,
+                csg,
+                nsg,
+                version_min,
+                isid,
+                tsih,
+                ..
+            } => Some(Request {
+                transit,
+                cont,
+                csg,
+                nsg,
+                version_min,
+                isid,
+                tsih,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The Login Response to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {

@@ -438,19 +438,16 @@ async fn login_phase(
                 login::MAX_RECV_DATA_SEGMENT_LENGTH as usize,
             )
             .await?;
-        let Ok(Bhs::LoginRequest {
-            transit,
-            cont,
-            csg,
-            nsg,
-            version_min,
-            isid,
-            tsih,
-            itt,
-            cmd_sn,
-            exp_stat_sn,
-            ..
-        }) = Bhs::decode(&frame.bhs)
+        let bhs = Bhs::decode(&frame.bhs);
+        let (
+            Some(req),
+            Ok(Bhs::LoginRequest {
+                itt,
+                cmd_sn,
+                exp_stat_sn,
+                ..
+            }),
+        ) = (bhs.as_ref().ok().and_then(login::Request::of), bhs)
         else {
             return Err(ConnError::Protocol(
                 "the first PDUs of a connection must be Login Requests".into(),
@@ -459,15 +456,6 @@ async fn login_phase(
         if exp_stat_sn != 0 && stat_sn == 1 {
             stat_sn = exp_stat_sn;
         }
-        let req = login::Request {
-            transit,
-            cont,
-            csg,
-            nsg,
-            version_min,
-            isid,
-            tsih,
-        };
         if tracing::enabled!(tracing::Level::DEBUG) {
             let keys = text::parse(&frame.data).unwrap_or_default();
             let shown: Vec<String> = keys
@@ -480,7 +468,7 @@ async fn login_phase(
                     }
                 })
                 .collect();
-            debug!(%peer, csg, nsg, transit, keys = ?shown, "iSCSI login request");
+            debug!(%peer, csg = req.csg, nsg = req.nsg, transit = req.transit, keys = ?shown, "iSCSI login request");
         }
         let resp = machine.step(&req, &frame.data);
         let tsih = if resp.established.is_some() {
@@ -500,7 +488,7 @@ async fn login_phase(
             nsg: resp.nsg,
             version_max: 0,
             version_active: 0,
-            isid,
+            isid: req.isid,
             tsih,
             itt,
             sn: TargetSn {
