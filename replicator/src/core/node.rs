@@ -1544,9 +1544,6 @@ impl Node {
 
     /// Writes the next activity-log transaction if writes wait for one.
     fn al_pump(&mut self) {
-        if self.al_evicting.is_some() {
-            return;
-        }
         let Some((nr, tr, evicts)) = self.al.next_transaction() else {
             // Every slot is busy. Extents held only by replicated writes the peer has not
             // acknowledged yet free up at the next BarrierAck: close the epoch now rather
