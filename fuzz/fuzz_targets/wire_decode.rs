@@ -1,12 +1,13 @@
 //! Bytes from a peer, arriving in any chunking, fed to the replication protocol's decoder:
 //! it must never panic; a decoded packet must re-encode to exactly the bytes it consumed (the
 //! encoding is canonical); "need more" and errors must consume nothing; and the chunking must
-//! not change what is decoded.
+//! not change what is decoded. A frame read apart (head, then bulk data on its own, as the
+//! daemon reads large Data into aligned buffers) decodes exactly as the whole frame does.
 //!
 //! Input: one byte that picks the chunking (0: everything at once), then the byte stream.
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use replicator::wire::{self, Packet, WireError};
 
@@ -45,6 +46,7 @@ fn decode_stream(stream: &[u8], chunking: u8) -> (Vec<Packet>, Option<WireError>
                     }
                     assert_eq!(head, again, "encode_head + data differs from encode");
                     assert_eq!(packet.encoded_len(), used);
+                    assert_eq!(bulk_apart(frame).map(Result::unwrap), bulk_of(&packet));
                     consumed += used;
                     packets.push(packet);
                 }
@@ -54,6 +56,9 @@ fn decode_stream(stream: &[u8], chunking: u8) -> (Vec<Packet>, Option<WireError>
                 }
                 Err(e) => {
                     assert_eq!(&buf[..], &stream[consumed..fed], "{e} consumed");
+                    if let Some(r) = bulk_apart(&stream[consumed..]) {
+                        assert!(r.is_err(), "read apart, a frame decode refuses decodes");
+                    }
                     let _ = e.to_string();
                     return (packets, Some(e));
                 }
@@ -61,6 +66,18 @@ fn decode_stream(stream: &[u8], chunking: u8) -> (Vec<Packet>, Option<WireError>
         }
     }
     (packets, None)
+}
+
+/// The frame at the start of `bytes` decoded from its head and its data apart, when it is a
+/// bulk frame that is all there.
+fn bulk_apart(bytes: &[u8]) -> Option<Result<Packet, WireError>> {
+    let (head, data) = wire::bulk_layout(bytes).ok()??;
+    let data = bytes.get(head..head + data)?;
+    Some(wire::decode_bulk(&bytes[..head], Bytes::copy_from_slice(data)))
+}
+
+fn bulk_of(packet: &Packet) -> Option<Packet> {
+    matches!(packet, Packet::Data { .. } | Packet::RsDataReply { .. }).then(|| packet.clone())
 }
 
 fuzz_target!(|input: &[u8]| {

@@ -683,6 +683,16 @@ pub enum WireError {
         /// The number.
         type_nr: u16,
     },
+    /// [`decode_bulk`] got a head and data that do not make the frame the header describes.
+    #[error("{packet}: a head of {head_bytes} bytes and {data_bytes} bytes of data are not the frame the header describes")]
+    BulkMismatch {
+        /// Packet type.
+        packet: &'static str,
+        /// Bytes of the head given.
+        head_bytes: usize,
+        /// Bytes of data given.
+        data_bytes: usize,
+    },
     /// The header's reserved field is not zero.
     #[error("{packet}: header field reserved is {value:#06x}, must be 0")]
     ReservedNotZero {
@@ -1194,6 +1204,48 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     Ok(Some(HEADER_BYTES + len))
 }
 
+/// Where the bulk data of a Data or RsDataReply frame starts, once `buf` holds its head (the
+/// header and the fixed fields): `(head_bytes, data_bytes)`. A reader can then take the data
+/// straight off the socket into a buffer of its choice (an aligned one, for O_DIRECT) and hand
+/// both to [`decode_bulk`]. `None` while the head is incomplete, and for other packets.
+/// Errors as [`decode`]'s, from the header alone.
+pub fn bulk_layout(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
+    let Some(frame_bytes) = frame_len(buf)? else {
+        return Ok(None);
+    };
+    let ty = PacketType::from_u16(u16::from_be_bytes([buf[4], buf[5]])).expect("frame_len checked");
+    let PayloadShape::Data { fixed } = ty.shape() else {
+        return Ok(None);
+    };
+    let head = HEADER_BYTES + fixed;
+    // A payload shorter than the fixed fields is reported by the parser once it is all here.
+    let data = frame_bytes.checked_sub(head);
+    Ok(data.filter(|_| buf.len() >= head).map(|data| (head, data)))
+}
+
+/// Decodes a Data or RsDataReply frame from its head (`head_bytes` of [`bulk_layout`]) and its
+/// data, read separately. The same checks as [`decode`] apply.
+pub fn decode_bulk(head: &[u8], data: Bytes) -> Result<Packet, WireError> {
+    let layout = bulk_layout(head)?;
+    let ty =
+        PacketType::from_u16(u16::from_be_bytes([head[4], head[5]])).expect("frame_len checked");
+    let Some((head_bytes, data_bytes)) =
+        layout.filter(|&(h, d)| h == head.len() && d == data.len())
+    else {
+        return Err(WireError::BulkMismatch {
+            packet: ty.name(),
+            head_bytes: head.len(),
+            data_bytes: data.len(),
+        });
+    };
+    let mut packet = parse_payload(ty, &head[HEADER_BYTES..head_bytes], data_bytes)?;
+    match &mut packet {
+        Packet::Data { data: d, .. } | Packet::RsDataReply { data: d, .. } => *d = data,
+        _ => unreachable!("bulk_layout only lays out Data and RsDataReply"),
+    }
+    Ok(packet)
+}
+
 /// Takes one packet off the front of `buf`.
 ///
 /// - `Ok(None)`: `buf` does not hold a whole frame yet; nothing is consumed. Once the header is
@@ -1210,7 +1262,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Packet>, WireError> {
         return Ok(None);
     }
     let ty = PacketType::from_u16(u16::from_be_bytes([buf[4], buf[5]])).expect("frame_len checked");
-    let mut packet = parse_payload(ty, &buf[HEADER_BYTES..frame_bytes])?;
+    let mut packet = parse_payload(ty, &buf[HEADER_BYTES..frame_bytes], 0)?;
     let mut frame = buf.split_to(frame_bytes);
     match &mut packet {
         Packet::Data { data, .. } => {
@@ -1299,8 +1351,9 @@ impl<'a> Reader<'a> {
 }
 
 /// Parses a whole payload of type `ty`. The data of Data and RsDataReply is checked but left
-/// empty: [`decode`] fills it with a slice of the frame.
-fn parse_payload(ty: PacketType, payload: &[u8]) -> Result<Packet, WireError> {
+/// empty: [`decode`] fills it with a slice of the frame. `bulk_bytes`: data that follows
+/// `payload` but was read elsewhere ([`decode_bulk`]); 0 when `payload` is the whole payload.
+fn parse_payload(ty: PacketType, payload: &[u8], bulk_bytes: usize) -> Result<Packet, WireError> {
     let packet = ty.name();
     let mut r = Reader {
         packet,
@@ -1409,7 +1462,7 @@ fn parse_payload(ty: PacketType, payload: &[u8]) -> Result<Packet, WireError> {
             let offset = r.u64("offset")?;
             let epoch = r.u32("epoch")?;
             let flags = r.u32("flags")?;
-            let data_len = r.rest().len();
+            let data_len = r.rest().len() + bulk_bytes;
             check_range(packet, offset, "data length", data_len as u64)?;
             check_flags(packet, "flags", flags, DATA_FLAGS_KNOWN)?;
             Packet::Data {
@@ -1442,7 +1495,7 @@ fn parse_payload(ty: PacketType, payload: &[u8]) -> Result<Packet, WireError> {
         PacketType::RsDataReply => {
             let id = r.u64("id")?;
             let offset = r.u64("offset")?;
-            let data_len = r.rest().len();
+            let data_len = r.rest().len() + bulk_bytes;
             check_range(packet, offset, "data length", data_len as u64)?;
             Packet::RsDataReply {
                 id,
@@ -1632,6 +1685,47 @@ mod tests {
             flags: data_flags::FUA,
             data: Bytes::from(vec![0xab; 512]),
         }
+    }
+
+    #[test]
+    fn bulk_data_read_apart_decodes_like_the_whole_frame() {
+        let mut bulk = 0;
+        for packet in one_of_each() {
+            let mut frame = BytesMut::new();
+            encode(&packet, &mut frame);
+            let Some((head, data)) = bulk_layout(&frame).unwrap() else {
+                assert!(!matches!(
+                    packet,
+                    Packet::Data { .. } | Packet::RsDataReply { .. }
+                ));
+                continue;
+            };
+            bulk += 1;
+            assert_eq!(head + data, frame.len());
+            // Only the head is needed to lay the frame out.
+            assert_eq!(bulk_layout(&frame[..head]).unwrap(), Some((head, data)));
+            assert_eq!(bulk_layout(&frame[..head - 1]).unwrap(), None);
+            let payload = Bytes::copy_from_slice(&frame[head..]);
+            assert_eq!(
+                decode_bulk(&frame[..head], payload.clone()).unwrap(),
+                packet
+            );
+            assert!(matches!(
+                decode_bulk(&frame[..head], payload.slice(1..)),
+                Err(WireError::BulkMismatch { .. })
+            ));
+        }
+        assert_eq!(bulk, 2, "Data and RsDataReply");
+        // The head's checks still apply: a misaligned offset is refused.
+        let mut frame = BytesMut::new();
+        encode(&data_packet(), &mut frame);
+        let (head, _) = bulk_layout(&frame).unwrap().unwrap();
+        frame[HEADER_BYTES + 8..HEADER_BYTES + 16].copy_from_slice(&4097u64.to_be_bytes());
+        let data = Bytes::copy_from_slice(&frame[head..]);
+        assert!(matches!(
+            decode_bulk(&frame[..head], data),
+            Err(WireError::Misaligned { .. })
+        ));
     }
 
     /// One packet of every type, with nonzero fields where possible.

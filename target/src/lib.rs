@@ -9,12 +9,16 @@
 //! - [`iscsi`]: the iSCSI target (RFC 7143, SBC-3/SPC-4 disk emulation): sans-IO PDU codec,
 //!   pure login and reservation state machines and a tokio driver, embeddable like the NBD server.
 //!
+//! - [`aligned`]: 4 KiB-aligned buffers, so payloads read off a socket go to O_DIRECT
+//!   without a bounce copy.
+//!
 //! - [`conf`]: tandem's config file (DRBD syntax, `include`, `file:line:column` errors) as a raw
 //!   tree, shared with `replicator`, and the `targetd { ... }` block `targetd` serves from.
 //!
 //! The `targetd` binary serves plain files with no replication (for example the SBD LUN on a
 //! storage node) over NBD and iSCSI.
 
+pub mod aligned;
 pub mod conf;
 pub mod iscsi;
 pub mod nbd;

@@ -6,8 +6,10 @@
 //! IO of one round into one batch), and a reaper task that waits in the runtime's epoll on the
 //! ring's descriptor reaps completions and tells each request's `done`. Before, a ring thread
 //! woken through an eventfd did both, and each write paid two extra thread wakeups (one to
-//! submit, one to hand the completion over). Aligned requests are written with O_DIRECT from an
-//! aligned copy, the rest through the page cache; FUA writes carry `RWF_DSYNC`, flushes are
+//! submit, one to hand the completion over). Aligned requests go through O_DIRECT, the rest
+//! through the page cache. Payloads that came off a socket are already in 4 KiB-aligned
+//! buffers (`target::aligned`), so they are written from where they are; only an unaligned
+//! buffer is copied first. Reads land in aligned buffers that are handed on as they are; FUA writes carry `RWF_DSYNC`, flushes are
 //! `IORING_OP_FSYNC` with `DATASYNC`. When a
 //! ring cannot be created (old kernel, seccomp) or `TANDEM_IO=threads` is set, the same
 //! requests run as pread/pwrite/fdatasync on tokio's blocking pool; the choice is logged.
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use io_uring::{opcode, types, IoUring};
+use target::aligned::{self, AlignedBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
@@ -31,55 +34,7 @@ use tokio::sync::oneshot;
 const RING_ENTRIES: u32 = 256;
 /// O_DIRECT is used for requests aligned to this (offset, length and buffer); others go
 /// through the page cache on a second descriptor of the same file.
-const DIRECT_ALIGN: usize = 4096;
-
-/// A heap buffer aligned for O_DIRECT.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len.max(DIRECT_ALIGN), DIRECT_ALIGN)
-            .expect("valid layout")
-    }
-
-    fn zeroed(len: usize) -> AlignedBuf {
-        // SAFETY: the layout has a non-zero size (at least DIRECT_ALIGN).
-        let raw = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
-        let ptr = std::ptr::NonNull::new(raw)
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(len)));
-        AlignedBuf { ptr, len }
-    }
-
-    fn copy_of(data: &[u8]) -> AlignedBuf {
-        let mut b = AlignedBuf::zeroed(data.len());
-        b.as_mut_slice().copy_from_slice(data);
-        b
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr points to an allocation of at least len bytes, initialized (zeroed), owned
-        // by self for self's lifetime.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in as_slice, and &mut self gives exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this same layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
-    }
-}
+const DIRECT_ALIGN: usize = aligned::ALIGN;
 
 fn direct_ok(offset: u64, len: usize) -> bool {
     offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0 && len > 0
@@ -134,18 +89,21 @@ pub enum IoOp {
 }
 
 enum Kind {
-    /// `direct`: an aligned copy written with O_DIRECT (then `done` counts into it).
+    /// `copy`: an aligned copy of `buf`, made only when `buf` itself is not aligned; `direct`:
+    /// written through the O_DIRECT descriptor. `done` counts bytes written.
     Write {
         buf: Bytes,
+        copy: Option<AlignedBuf>,
         done: usize,
         fua: bool,
-        direct: Option<AlignedBuf>,
+        direct: bool,
     },
-    /// `direct`: read with O_DIRECT into this, copied out at the end.
+    /// Read into `buf` (aligned, filled as completions come in) until it holds `want` bytes,
+    /// through the O_DIRECT descriptor when `direct`.
     Read {
-        buf: Vec<u8>,
-        done: usize,
-        direct: Option<AlignedBuf>,
+        buf: AlignedBuf,
+        want: usize,
+        direct: bool,
     },
     Flush,
 }
@@ -232,7 +190,7 @@ impl RingState {
             match complete(op, res) {
                 Some(result) => {
                     let op = self.slots[slot].take().expect("slot holds an op");
-                    finished.push((op.done, result));
+                    finished.push(finish(op, result));
                     self.free.push(slot);
                 }
                 // A short transfer: submit the rest.
@@ -379,9 +337,10 @@ impl Backing {
                     .and_then(|()| if fua { file.sync_data() } else { Ok(()) })
                     .map(|()| None),
                 IoOp::Read { offset, len } => {
-                    let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, offset)
-                        .map(|()| Some(Bytes::from(buf)))
+                    let mut buf = AlignedBuf::with_capacity(len as usize);
+                    bytes::BufMut::put_bytes(&mut buf, 0, len as usize);
+                    file.read_exact_at(buf.as_mut_slice(), offset)
+                        .map(|()| Some(buf.freeze()))
                 }
                 IoOp::Flush => file.sync_data().map(|()| None),
             };
@@ -420,31 +379,32 @@ impl Backing {
     }
 }
 
-/// The ring's form of `op`: O_DIRECT (through an aligned copy) when `direct` and the request is
-/// aligned, else the page cache.
+/// The ring's form of `op`: O_DIRECT when `direct` and the request is aligned (from the
+/// caller's buffer when it is aligned too, which payloads read off a socket into an
+/// [`AlignedBuf`] are, else from an aligned copy), else the page cache.
 fn prepare(op: IoOp, done: Done, direct: bool) -> Op {
     let (kind, offset) = match op {
         IoOp::Write { offset, data, fua } => {
-            let aligned =
-                (direct && direct_ok(offset, data.len())).then(|| AlignedBuf::copy_of(&data));
+            let direct = direct && direct_ok(offset, data.len());
+            let copy = (direct && !aligned::is_aligned(&data)).then(|| AlignedBuf::copy_of(&data));
             (
                 Kind::Write {
                     buf: data,
+                    copy,
                     done: 0,
                     fua,
-                    direct: aligned,
+                    direct,
                 },
                 offset,
             )
         }
         IoOp::Read { offset, len } => {
-            let len = len as usize;
-            let aligned = (direct && direct_ok(offset, len)).then(|| AlignedBuf::zeroed(len));
+            let want = len as usize;
             (
                 Kind::Read {
-                    buf: vec![0u8; len],
-                    done: 0,
-                    direct: aligned,
+                    buf: AlignedBuf::with_capacity(want),
+                    want,
+                    direct: direct && direct_ok(offset, want),
                 },
                 offset,
             )
@@ -463,7 +423,8 @@ fn open_direct(path: &std::path::Path) -> std::io::Result<File> {
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let mut probe = AlignedBuf::zeroed(DIRECT_ALIGN);
+    let mut probe = AlignedBuf::with_capacity(DIRECT_ALIGN);
+    bytes::BufMut::put_bytes(&mut probe, 0, DIRECT_ALIGN);
     f.read_exact_at(probe.as_mut_slice(), 0)?;
     Ok(f)
 }
@@ -543,105 +504,78 @@ async fn reaper(readable: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
 }
 
 /// Accounts one completion of `op`: its final result, or None when a short transfer must be
-/// resubmitted for the rest.
-fn complete(op: &mut Op, res: i32) -> Option<Result<Option<Bytes>, i32>> {
+/// resubmitted for the rest (through the page cache: a short O_DIRECT transfer leaves the
+/// rest unaligned).
+fn complete(op: &mut Op, res: i32) -> Option<Result<(), i32>> {
     if res < 0 {
         return Some(Err(-res));
     }
     let n = usize::try_from(res).expect("non-negative");
-    match &mut op.kind {
+    let (done, want, direct) = match &mut op.kind {
         Kind::Write {
             buf, done, direct, ..
         } => {
             *done += n;
-            if n > 0 && *done < buf.len() {
-                // A short O_DIRECT transfer: the rest goes through the page cache.
-                *direct = None;
-            }
-            (n == 0 || *done >= buf.len()).then(|| if n == 0 { Err(libc::EIO) } else { Ok(None) })
+            (*done, buf.len(), direct)
         }
-        Kind::Read { buf, done, direct } => {
-            *done += n;
-            if let Some(d) = direct.as_ref() {
-                // Data read with O_DIRECT lands in the aligned buffer; move it over when done
-                // or when a short read hands the rest to the page cache.
-                let upto = (*done).min(buf.len());
-                buf[..upto].copy_from_slice(&d.as_slice()[..upto]);
-                if *done < buf.len() {
-                    *direct = None;
-                }
-            }
-            if n == 0 {
-                Some(Err(libc::EIO))
-            } else if *done >= buf.len() {
-                Some(Ok(Some(Bytes::from(std::mem::take(buf)))))
-            } else {
-                None
-            }
+        Kind::Read { buf, want, direct } => {
+            let filled = buf.len() + n.min(*want - buf.len());
+            // SAFETY: the kernel wrote n bytes at the spare tail the sqe named.
+            unsafe { buf.set_len(filled) };
+            (filled, *want, direct)
         }
-        Kind::Flush => Some(Ok(None)),
+        Kind::Flush => return Some(Ok(())),
+    };
+    if n == 0 {
+        return Some(Err(libc::EIO));
     }
+    if done < want {
+        *direct = false;
+        return None;
+    }
+    Some(Ok(()))
+}
+
+/// A finished op's `done` and what it gives back (a read's data).
+fn finish(op: Op, result: Result<(), i32>) -> Finished {
+    let data = match op.kind {
+        Kind::Read { buf, .. } => result.map(|()| Some(buf.freeze())),
+        _ => result.map(|()| None),
+    };
+    (op.done, data)
 }
 
 /// The sqe for `op` (or its remainder after a short transfer).
 fn sqe(fd: RawFd, direct_fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue::Entry {
-    let (fd, dfd) = (types::Fd(fd), types::Fd(direct_fd));
+    let fd_of = |direct: bool| types::Fd(if direct { direct_fd } else { fd });
     match &mut op.kind {
         Kind::Write {
+            buf,
+            copy,
             done,
             fua,
-            direct: Some(d),
-            ..
+            direct,
         } => {
-            let rest = &d.as_slice()[*done..];
+            let from = copy.as_ref().map_or(&buf[..], AlignedBuf::as_slice);
+            let rest = &from[*done..];
             let len = u32::try_from(rest.len()).expect("writes are at most 32 MiB");
             let flags = if *fua { libc::RWF_DSYNC } else { 0 };
-            opcode::Write::new(dfd, rest.as_ptr(), len)
+            opcode::Write::new(fd_of(*direct), rest.as_ptr(), len)
                 .offset(op.offset + *done as u64)
                 .rw_flags(flags)
                 .build()
                 .user_data(slot)
         }
-        Kind::Read {
-            done,
-            direct: Some(d),
-            ..
-        } => {
-            let rest = &mut d.as_mut_slice()[*done..];
-            let len = u32::try_from(rest.len()).expect("reads are at most 32 MiB");
-            opcode::Read::new(dfd, rest.as_mut_ptr(), len)
-                .offset(op.offset + *done as u64)
+        Kind::Read { buf, want, direct } => {
+            let at = buf.len();
+            let (ptr, _) = buf.spare_ptr();
+            let len = u32::try_from(*want - at).expect("reads are at most 32 MiB");
+            opcode::Read::new(fd_of(*direct), ptr, len)
+                .offset(op.offset + at as u64)
                 .build()
                 .user_data(slot)
         }
-        Kind::Write {
-            buf,
-            done,
-            fua,
-            direct: None,
-        } => {
-            let rest = &buf[*done..];
-            let len = u32::try_from(rest.len()).expect("writes are at most 32 MiB");
-            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
-            opcode::Write::new(fd, rest.as_ptr(), len)
-                .offset(op.offset + *done as u64)
-                .rw_flags(flags)
-                .build()
-                .user_data(slot)
-        }
-        Kind::Read {
-            buf,
-            done,
-            direct: None,
-        } => {
-            let rest = &mut buf[*done..];
-            let len = u32::try_from(rest.len()).expect("reads are at most 32 MiB");
-            opcode::Read::new(fd, rest.as_mut_ptr(), len)
-                .offset(op.offset + *done as u64)
-                .build()
-                .user_data(slot)
-        }
-        Kind::Flush => opcode::Fsync::new(fd)
+        Kind::Flush => opcode::Fsync::new(types::Fd(fd))
             .flags(types::FsyncFlags::DATASYNC)
             .build()
             .user_data(slot),
@@ -676,6 +610,22 @@ mod tests {
         let back = b.read(4096, 4096).await.unwrap();
         assert!(back[512..1024].iter().all(|&x| x == 0xee));
         assert_eq!(back[..512], data[4096..4096 + 512]);
+        // A payload already in an aligned buffer (as sockets deliver them) is written from
+        // where it is; at an unaligned offset the same buffer goes through the page cache.
+        let mut a = AlignedBuf::with_capacity(8192);
+        bytes::BufMut::put_bytes(&mut a, 0x5a, 8192);
+        let a = a.freeze();
+        b.write(2 << 20, a.clone(), true).await.unwrap();
+        b.write((3 << 20) + 512, a.clone(), false).await.unwrap();
+        let back = b.read(2 << 20, 8192).await.unwrap();
+        assert_eq!(back, a);
+        assert!(
+            aligned::is_aligned(&back),
+            "reads come back in aligned buffers"
+        );
+        let back = b.read(3 << 20, 3 * 4096).await.unwrap();
+        assert_eq!(back[..512], data[..512]);
+        assert_eq!(back[512..512 + 8192], a[..]);
     }
 
     fn on_tmpfs(path: &std::path::Path) -> bool {

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use hmac::{Hmac, Mac};
+use target::aligned::{self, AlignedBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -123,6 +124,13 @@ pub async fn read_packet<R: AsyncReadExt + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<Packet, String> {
     loop {
+        // Bulk data still on its way goes straight from the socket into an aligned buffer,
+        // which the backing disk then writes with O_DIRECT as it is.
+        if let Ok(Some((head, data))) = wire::bulk_layout(buf) {
+            if aligned::worth_aligning(data) && buf.len() < head + data {
+                return read_bulk(stream, buf, head, data).await;
+            }
+        }
         match wire::decode(buf) {
             Ok(Some(p)) => return Ok(p),
             Ok(None) => {}
@@ -137,6 +145,31 @@ pub async fn read_packet<R: AsyncReadExt + Unpin>(
             return Err("the peer closed the connection".into());
         }
     }
+}
+
+/// Reads the rest of a frame whose head (`head` bytes) is in `buf` and whose `data` bytes go
+/// into an aligned buffer: what `buf` already holds of them is copied, the rest is read in
+/// place.
+async fn read_bulk<R: AsyncReadExt + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    head: usize,
+    data: usize,
+) -> Result<Packet, String> {
+    let mut bulk = AlignedBuf::with_capacity(data);
+    bulk.put_slice(&buf[head..]);
+    buf.truncate(head);
+    while bulk.remaining_mut() > 0 {
+        let n = stream
+            .read_buf(&mut bulk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the peer closed the connection".into());
+        }
+    }
+    let head = buf.split_to(head);
+    wire::decode_bulk(&head, bulk.freeze()).map_err(|e| format!("bad packet: {e}"))
 }
 
 /// Reads at least one packet, and returns every whole packet that read brought (one message

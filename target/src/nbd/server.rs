@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -30,13 +30,14 @@ use tracing::{debug, info, warn};
 use super::handshake::{decode_client_flags, decode_option, encode_greeting};
 use super::negotiate::{CloseReason, ExportView, Exports, Negotiation, Outcome};
 use super::transmission::{
-    check_request, decode_request, encode_chunk, encode_offset_data_prefix, encode_simple_reply,
-    Action, Chunk, Descriptor, Session, REQUEST_HEADER_BYTES,
+    check_request, decode_request, decode_request_header, encode_chunk, encode_offset_data_prefix,
+    encode_simple_reply, Action, Chunk, Descriptor, Session, REQUEST_HEADER_BYTES,
 };
 use super::{
     handshake_flags, state, transmission_flags as tf, Decoded, Errno, MAX_BLOCK_STATUS_EXTENTS,
     MAX_STRING_BYTES, REPLY_FLAG_DONE,
 };
+use crate::aligned::{self, AlignedBuf};
 use crate::volume::{Access, Segment, Volume, VolumeError, ZeroFlags};
 
 /// The most connections served at once (all exports, all listeners).
@@ -571,16 +572,29 @@ impl Context {
                     )));
                     break;
                 }
-                Ok(Decoded::NeedMore(n)) => {
-                    tokio::select! {
-                        r = fill(&mut rd, &mut buf, n) => match r {
-                            Ok(true) => continue,
-                            Ok(false) => break,
-                            Err(e) => { ending = Some(e); break; }
-                        },
-                        _ = stopped(&mut shutdown) => break,
+                Ok(Decoded::NeedMore(n)) => match decode_request_header(&buf) {
+                    // A WRITE of whole blocks: its payload goes from the socket into an
+                    // aligned buffer, which an O_DIRECT disk writes as it is.
+                    Ok(Some(r)) if aligned::worth_aligning(r.payload_bytes()) => {
+                        tokio::select! {
+                            p = read_payload(&mut rd, &mut buf, r.payload_bytes()) => match p {
+                                Ok(payload) => (r, payload),
+                                Err(e) => { ending = Some(e); break; }
+                            },
+                            _ = stopped(&mut shutdown) => break,
+                        }
                     }
-                }
+                    _ => {
+                        tokio::select! {
+                            r = fill(&mut rd, &mut buf, n) => match r {
+                                Ok(true) => continue,
+                                Ok(false) => break,
+                                Err(e) => { ending = Some(e); break; }
+                            },
+                            _ = stopped(&mut shutdown) => break,
+                        }
+                    }
+                },
                 Ok(Decoded::Frame(r, n)) => {
                     let mut frame = buf.split_to(n);
                     frame.advance(REQUEST_HEADER_BYTES);
@@ -715,6 +729,31 @@ async fn fill<R: AsyncRead + Unpin>(
         }
     }
     Ok(true)
+}
+
+/// Takes the header of a WRITE off `buf` and reads its `len`-byte payload into an aligned
+/// buffer: what `buf` already holds of it is copied, the rest is read in place.
+async fn read_payload<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    len: usize,
+) -> Result<Bytes, End> {
+    let mut payload = AlignedBuf::with_capacity(len);
+    payload.put_slice(&buf[REQUEST_HEADER_BYTES..]);
+    buf.clear();
+    while payload.remaining_mut() > 0 {
+        match rd.read_buf(&mut payload).await {
+            Ok(0) => {
+                return Err(End::Gone(format!(
+                    "closed the connection in the middle of a write's payload ({} of {len} bytes)",
+                    payload.len()
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(End::Gone(format!("reading from the client: {e}"))),
+        }
+    }
+    Ok(payload.freeze())
 }
 
 async fn writer<W: AsyncWrite + Unpin>(

@@ -154,8 +154,21 @@ impl Request {
 /// Decodes one request. The frame length covers the WRITE payload, which is
 /// `buf[REQUEST_HEADER_BYTES..frame]`; its size is checked before it is waited for.
 pub fn decode_request(buf: &[u8]) -> Result<Decoded<Request>, TransmissionError> {
-    if buf.len() < REQUEST_HEADER_BYTES {
+    let Some(request) = decode_request_header(buf)? else {
         return Ok(Decoded::NeedMore(REQUEST_HEADER_BYTES));
+    };
+    let total = REQUEST_HEADER_BYTES + request.payload_bytes();
+    if buf.len() < total {
+        return Ok(Decoded::NeedMore(total));
+    }
+    Ok(Decoded::Frame(request, total))
+}
+
+/// Decodes a request's header alone (`None` until `buf` holds it), with the same checks as
+/// [`decode_request`]: a server can then read a WRITE's payload into a buffer of its choice.
+pub fn decode_request_header(buf: &[u8]) -> Result<Option<Request>, TransmissionError> {
+    if buf.len() < REQUEST_HEADER_BYTES {
+        return Ok(None);
     }
     let magic = be_u32(buf, 0);
     if magic != REQUEST_MAGIC {
@@ -174,11 +187,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Decoded<Request>, TransmissionError>
             limit: MAX_PAYLOAD_BYTES,
         });
     }
-    let total = REQUEST_HEADER_BYTES + request.payload_bytes();
-    if buf.len() < total {
-        return Ok(Decoded::NeedMore(total));
-    }
-    Ok(Decoded::Frame(request, total))
+    Ok(Some(request))
 }
 
 /// What one session negotiated; the input of [`check_request`].
