@@ -174,6 +174,10 @@ pub struct NodeConfig {
     pub max_in_flight_bytes: u64,
     /// Writes per epoch before a barrier.
     pub max_epoch_size: u32,
+    /// Bytes of the peer's writes this node has in flight to its disk at once (`max-buffers`,
+    /// as DRBD bounds its receiver); further ones wait in the receive queue, and the daemon
+    /// stops reading the data socket while that queue holds this much (TCP pushes back).
+    pub max_rx_bytes: u64,
     /// Idle time before a ping.
     pub ping_int_ms: u64,
     /// A ping must be answered within this.
@@ -653,6 +657,10 @@ pub struct Node {
     flushes: BTreeMap<u64, ClientFlush>,
     rx_epochs: BTreeMap<u32, RxEpoch>,
     rx_queue: VecDeque<Blocked>,
+    /// Bytes of data in `rx_queue`.
+    rx_queued_bytes: u64,
+    /// Bytes of the peer's writes submitted and not yet completed (max_rx_bytes bounds it).
+    rx_active_bytes: u64,
     al: ActivityLog,
     bitmap_flush_pending: bool,
     /// Resync writes completed (their bits cleared in memory) that no flush has made stable
@@ -769,6 +777,8 @@ impl Node {
             flushes: BTreeMap::new(),
             rx_epochs: BTreeMap::new(),
             rx_queue: VecDeque::new(),
+            rx_queued_bytes: 0,
+            rx_active_bytes: 0,
             al: ActivityLog::new(cfg.al_extents),
             bitmap_flush_pending: false,
             rs_unstable: Vec::new(),
@@ -1867,6 +1877,7 @@ impl Node {
                 gen,
             } => {
                 let ok = result.is_ok();
+                self.rx_active_bytes -= len;
                 self.al_put(offset, len);
                 self.release((offset, len));
                 // A write from an older connection: the epochs and sequence numbers of the
@@ -2101,9 +2112,10 @@ impl Node {
     /// Submits received writes whose earlier epochs are all stable: writes of one epoch run
     /// concurrently, but never before the barrier of the previous epoch is flushed, so the
     /// Secondary's disk is crash-consistent at every epoch boundary.
+    /// At most `max_rx_bytes` of them are in flight (one bigger write goes alone).
     fn start_rx_writes(&mut self) {
-        while let Some(Blocked::PeerWrite { epoch, .. }) = self.rx_queue.front() {
-            let epoch = *epoch;
+        while let Some(Blocked::PeerWrite { epoch, data, .. }) = self.rx_queue.front() {
+            let (epoch, len) = (*epoch, data.len() as u64);
             let connected = self.conn == ConnState::Connected;
             if connected
                 && self
@@ -2114,9 +2126,26 @@ impl Node {
             {
                 return;
             }
+            if self.rx_active_bytes > 0 && self.rx_active_bytes + len > self.cfg.max_rx_bytes {
+                return;
+            }
             let op = self.rx_queue.pop_front().expect("front exists");
+            self.rx_queued_bytes -= len;
+            self.rx_active_bytes += len;
             self.submit(op);
         }
+    }
+
+    /// Bytes of the peer's writes received and waiting to be submitted. The daemon stops
+    /// reading the peer's data socket while this is at least `max_rx_bytes`.
+    pub fn rx_backlog_bytes(&self) -> u64 {
+        self.rx_queued_bytes
+    }
+
+    /// True while the daemon should leave the peer's data socket unread (see
+    /// [`Node::rx_backlog_bytes`]).
+    pub fn rx_full(&self) -> bool {
+        self.rx_queued_bytes >= self.cfg.max_rx_bytes
     }
 
     fn protocol_error(&mut self, what: String) {
@@ -2263,6 +2292,7 @@ impl Node {
                 e.pending += 1;
                 e.writes += 1;
                 let fua = flags & data_flags::FUA != 0;
+                self.rx_queued_bytes += data.len() as u64;
                 self.rx_queue.push_back(Blocked::PeerWrite {
                     seq,
                     epoch,

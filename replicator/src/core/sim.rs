@@ -716,12 +716,16 @@ pub struct Sim {
 }
 
 fn config(name: &str, protocol: Protocol, rng: &mut Rng) -> NodeConfig {
+    let max_epoch_size = [4, 64, 2048][rng.below(3) as usize];
     NodeConfig {
         name: name.into(),
         protocol,
         backing_bytes: DISK,
         max_in_flight_bytes: 1 << 20,
-        max_epoch_size: [4, 64, 2048][rng.below(3) as usize],
+        max_epoch_size,
+        // Tied to the epoch size rather than drawn, so every seed keeps its scenario: small
+        // epochs come with a receive cap of two 4 KiB writes (peer writes queue behind it).
+        max_rx_bytes: u64::from(max_epoch_size.min(256)) << 11,
         ping_int_ms: 1000,
         ping_timeout_ms: 500,
         ack_timeout_ms: 6000,

@@ -24,6 +24,7 @@ fn config(name: &str, protocol: Protocol) -> NodeConfig {
         backing_bytes: DISK,
         max_in_flight_bytes: 1 << 20,
         max_epoch_size: 2048,
+        max_rx_bytes: 1 << 20,
         ping_int_ms: 10_000,
         ping_timeout_ms: 500,
         ack_timeout_ms: 60_000,
@@ -69,6 +70,8 @@ struct Harness {
     fence_calls: [u32; 2],
     pending_lost: Option<(usize, String)>,
     held: Vec<(usize, Packet)>,
+    /// Data writes of node i stay queued (its disk is stalled); other IO still completes.
+    stall_writes: [bool; 2],
     completed: HashMap<ReqId, Result<(), i32>>,
     replies: HashMap<ReqId, Result<(), String>>,
     rng: u64,
@@ -112,6 +115,7 @@ impl Harness {
             fence_calls: [0, 0],
             pending_lost: None,
             held: Vec::new(),
+            stall_writes: [false; 2],
             completed: HashMap::new(),
             replies: HashMap::new(),
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
@@ -200,7 +204,7 @@ impl Harness {
                         choices.push((0, i, s));
                     }
                 }
-                if !self.io[i].is_empty() {
+                if self.io_ready(i).next().is_some() {
                     choices.push((1, i, 0));
                 }
             }
@@ -231,13 +235,24 @@ impl Harness {
                     },
                 ));
             } else {
-                let k = self.rand(self.io[i].len());
+                let ready: Vec<usize> = self.io_ready(i).collect();
+                let k = ready[self.rand(ready.len())];
                 let a = self.io[i].remove(k);
                 self.do_io(i, a);
             }
             self.now += 1;
         }
         panic!("harness did not quiesce");
+    }
+
+    /// Indices of node i's IO that may complete now.
+    fn io_ready(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let stalled = self.stall_writes[i];
+        self.io[i]
+            .iter()
+            .enumerate()
+            .filter(move |(_, a)| !(stalled && matches!(a, Action::LocalWrite { .. })))
+            .map(|(k, _)| k)
     }
 
     fn do_io(&mut self, i: usize, a: Action) {
@@ -432,6 +447,38 @@ fn protocol_b_completes_on_recv_ack_before_the_peer_writes() {
     let req = h.write(0, 0, 9, 4096);
     h.run();
     assert!(!h.completed.contains_key(&req));
+}
+
+#[test]
+fn the_receiver_writes_at_most_max_buffers_at_once() {
+    let mut h = Harness::with(Protocol::A, 5, |c| c.max_rx_bytes = 8192);
+    h.connect();
+    h.command(0, Command::Primary { force: true }).unwrap();
+    h.run();
+    h.stall_writes[1] = true;
+    let reqs: Vec<ReqId> = (0..6u8)
+        .map(|k| h.write(0, u64::from(k) << 14, k + 1, 4096))
+        .collect();
+    h.run();
+    assert!(
+        reqs.iter().all(|r| h.completed.get(r) == Some(&Ok(()))),
+        "protocol A completed them all"
+    );
+    let writing = h.io[1]
+        .iter()
+        .filter(|a| matches!(a, Action::LocalWrite { .. }))
+        .count();
+    assert_eq!(writing, 2, "8 KiB of max-buffers: two 4 KiB writes at once");
+    assert_eq!(h.nodes[1].rx_backlog_bytes(), 4 * 4096);
+    assert!(
+        h.nodes[1].rx_full(),
+        "the daemon stops reading the data socket"
+    );
+    h.stall_writes[1] = false;
+    h.run();
+    assert_eq!(h.nodes[1].rx_backlog_bytes(), 0);
+    assert!(!h.nodes[1].rx_full());
+    assert!(h.disks[0] == h.disks[1], "every queued write was applied");
 }
 
 #[test]

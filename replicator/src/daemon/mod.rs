@@ -289,6 +289,7 @@ impl Daemon {
             backing_bytes: attached.usable_bytes,
             max_in_flight_bytes: u64::from(net.max_buffers) * 4096 * 8,
             max_epoch_size: net.max_epoch_size,
+            max_rx_bytes: u64::from(net.max_buffers) * 4096,
             ping_int_ms: u64::from(net.ping_int_ms),
             ping_timeout_ms: u64::from(net.ping_timeout_ms),
             ack_timeout_ms: u64::from(net.timeout_ms) * u64::from(net.ko_count.max(1)),

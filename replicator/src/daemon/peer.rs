@@ -22,7 +22,7 @@ use target::aligned::{self, AlignedBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::HmacAlg;
@@ -448,10 +448,20 @@ pub struct Connection {
     data_out: Vec<Packet>,
     meta_out: Vec<Packet>,
     closing: Arc<AtomicBool>,
+    /// True while the data socket's reader must pause (the core's receive queue is full).
+    rx_paused: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Connection {
+    /// Pauses or resumes reading the data socket: while paused, the peer's writes pile up in
+    /// the socket buffers and TCP stops the peer's sender, as DRBD's receiver stops at
+    /// `max-buffers`. The meta socket (acknowledgements, pings) is always read.
+    pub fn pause_rx(&self, paused: bool) {
+        self.rx_paused
+            .send_if_modified(|p| std::mem::replace(p, paused) != paused);
+    }
+
     /// Queues a packet for the socket its type travels on; it leaves at the next
     /// [`Connection::flush`].
     pub fn send(&mut self, packet: Packet) {
@@ -497,10 +507,17 @@ fn reader(
     mut half: OwnedReadHalf,
     mut buf: BytesMut,
     closing: Arc<AtomicBool>,
+    mut paused: Option<watch::Receiver<bool>>,
     out: mpsc::UnboundedSender<NetEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            if let Some(p) = paused.as_mut() {
+                if p.wait_for(|paused| !paused).await.is_err() {
+                    // The connection is gone: drain until the peer closes, unpaused.
+                    paused = None;
+                }
+            }
             let r = read_packets(&mut half, &mut buf).await;
             if closing.load(Ordering::Relaxed) {
                 // Draining a dropped connection: discard until the peer closes.
@@ -626,10 +643,18 @@ pub fn start(gen: u64, est: Established, out: mpsc::UnboundedSender<NetEvent>) -
     let (data_tx, data_rx) = mpsc::unbounded_channel();
     let (meta_tx, meta_rx) = mpsc::unbounded_channel();
     let closing = Arc::new(AtomicBool::new(false));
+    let (rx_paused, paused) = watch::channel(false);
     let c = &closing;
     let tasks = vec![
-        reader(gen, data_r, est.data.1, c.clone(), out.clone()),
-        reader(gen, meta_r, est.meta.1, c.clone(), out.clone()),
+        reader(
+            gen,
+            data_r,
+            est.data.1,
+            c.clone(),
+            Some(paused),
+            out.clone(),
+        ),
+        reader(gen, meta_r, est.meta.1, c.clone(), None, out.clone()),
         writer(gen, data_w, data_rx, c.clone(), out.clone()),
         writer(gen, meta_w, meta_rx, c.clone(), out),
     ];
@@ -639,6 +664,7 @@ pub fn start(gen: u64, est: Established, out: mpsc::UnboundedSender<NetEvent>) -
         data_out: Vec::new(),
         meta_out: Vec::new(),
         closing,
+        rx_paused,
         tasks,
     }
 }

@@ -364,10 +364,12 @@ impl Task {
         }
     }
 
-    /// Hands this round's packets to the connection's writers and its IO to the ring.
+    /// Hands this round's packets to the connection's writers and its IO to the ring, and
+    /// pauses reading the peer's writes while the core's receive queue is full.
     fn flush_out(&mut self) {
         if let Some(c) = &mut self.conn {
             c.flush();
+            c.pause_rx(self.node.rx_full());
         }
         if !self.io_batch.is_empty() {
             self.backing
