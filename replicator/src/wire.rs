@@ -999,7 +999,12 @@ pub fn encode_head(packet: &Packet, out: &mut BytesMut) -> Option<Bytes> {
     let len =
         u32::try_from(payload_len).expect("validate bounds every payload by MAX_PAYLOAD_BYTES");
     debug_assert!(payload_len <= packet.packet_type().max_payload_bytes());
-    out.reserve(HEADER_BYTES + payload_len);
+    // Bulk data is the caller's to write (returned below), not room to make here.
+    let bulk = match packet {
+        Packet::Data { data, .. } | Packet::RsDataReply { data, .. } => data.len(),
+        _ => 0,
+    };
+    out.reserve(HEADER_BYTES + payload_len - bulk);
     out.put_u32(MAGIC);
     out.put_u16(packet.packet_type() as u16);
     out.put_u16(0);

@@ -10,13 +10,14 @@
 //! The node whose replication address sorts lower dials; the other accepts. Both always listen
 //! so either can be restarted first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use target::aligned::{self, AlignedBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -433,20 +434,22 @@ pub async fn listen(
     }
 }
 
-/// The running connection: queues to its writers and its tasks.
+/// The running connection: its two sending lanes and its tasks.
 ///
-/// [`Connection::send`] only collects packets; [`Connection::flush`] hands each writer what
-/// was collected as one batch (one wakeup, one socket write for small packets). The resource
-/// task flushes after every round of events it handles.
+/// [`Connection::send`] only collects packets; [`Connection::flush`] writes what was collected
+/// on each socket as one batch (one socket write for small packets). The resource task flushes
+/// after every round of events it handles. While a socket takes everything at once (the usual
+/// case), the resource task writes it itself: no hand-over to another task, whose wakeup would
+/// add to every round trip (a 4 KiB protocol-B/C write pays for the Data packet's and the
+/// acknowledgement's). What would block goes to the lane's writer task, and then everything
+/// after it too, until the writer has caught up, so packets never overtake each other.
 ///
 /// Dropping it closes the connection gracefully in the background (see [`LINGER`]): the
 /// writers send what is queued (including what was collected and not yet flushed) and then
 /// FIN, the readers discard until the peer closes, and from then on no task reports anything.
 pub struct Connection {
-    data_tx: mpsc::UnboundedSender<Vec<Packet>>,
-    meta_tx: mpsc::UnboundedSender<Vec<Packet>>,
-    data_out: Vec<Packet>,
-    meta_out: Vec<Packet>,
+    data: Lane,
+    meta: Lane,
     closing: Arc<AtomicBool>,
     /// True while the data socket's reader must pause (the core's receive queue is full).
     rx_paused: watch::Sender<bool>,
@@ -466,19 +469,127 @@ impl Connection {
     /// [`Connection::flush`].
     pub fn send(&mut self, packet: Packet) {
         match wire::socket_of(&packet) {
-            Some(SocketKind::Meta) => self.meta_out.push(packet),
-            _ => self.data_out.push(packet),
+            Some(SocketKind::Meta) => self.meta.out.push(packet),
+            _ => self.data.out.push(packet),
         }
     }
 
-    /// Hands the queued packets to the writers, in the order they were queued.
-    pub fn flush(&mut self) {
-        if !self.meta_out.is_empty() {
-            let _ = self.meta_tx.send(std::mem::take(&mut self.meta_out));
+    /// Writes the queued packets, in the order they were queued, and returns the sequence
+    /// numbers of the Data packets now in the socket's send buffer (protocol A's completion
+    /// point); the writer tasks report the rest as [`NetEvent::Sent`].
+    pub fn flush(&mut self) -> Vec<u64> {
+        self.meta.flush();
+        self.data.flush()
+    }
+}
+
+/// One socket's sending side.
+struct Lane {
+    half: Arc<OwnedWriteHalf>,
+    out: Vec<Packet>,
+    tx: mpsc::UnboundedSender<Chunks>,
+    /// Batches handed to the writer task and not completely written yet. Only while it is 0
+    /// may the resource task write to the socket itself.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    fn flush(&mut self) -> Vec<u64> {
+        if self.out.is_empty() {
+            return Vec::new();
         }
-        if !self.data_out.is_empty() {
-            let _ = self.data_tx.send(std::mem::take(&mut self.data_out));
+        let mut chunks = Chunks::encode(std::mem::take(&mut self.out));
+        // Acquire: the writer's writes of earlier batches happened before it counted down.
+        if self.queued.load(Ordering::Acquire) == 0 {
+            // An error is left to the writer, which meets it again and reports it.
+            if let Ok(true) = chunks.try_write(&self.half) {
+                return chunks.seqs;
+            }
         }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let _ = self.tx.send(chunks);
+        Vec::new()
+    }
+}
+
+/// Encoded packets on their way to a socket: small packets gathered into shared buffers,
+/// large payloads by reference (not copied), and the Data packets among them.
+struct Chunks {
+    parts: VecDeque<Bytes>,
+    seqs: Vec<u64>,
+}
+
+/// Payloads up to this size are copied next to their header; larger ones are written from
+/// their own buffer (no copy).
+const COPY_PAYLOAD_MAX: usize = 64 * 1024;
+/// Most buffers in one vectored write.
+const MAX_IOV: usize = 64;
+
+impl Chunks {
+    fn encode(packets: Vec<Packet>) -> Chunks {
+        let mut parts = VecDeque::new();
+        let mut seqs = Vec::new();
+        let mut head = BytesMut::new();
+        for packet in packets {
+            let payload = wire::encode_head(&packet, &mut head);
+            if let Packet::Data { seq, .. } = &packet {
+                seqs.push(*seq);
+            }
+            match payload {
+                Some(p) if p.len() <= COPY_PAYLOAD_MAX => head.extend_from_slice(&p),
+                Some(p) => {
+                    parts.push_back(head.split().freeze());
+                    parts.push_back(p);
+                }
+                None => {}
+            }
+        }
+        if !head.is_empty() {
+            parts.push_back(head.freeze());
+        }
+        Chunks { parts, seqs }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Writes as much as the socket takes without waiting: true when everything is written.
+    fn try_write(&mut self, half: &OwnedWriteHalf) -> std::io::Result<bool> {
+        while !self.parts.is_empty() {
+            let iov: Vec<std::io::IoSlice<'_>> = self
+                .parts
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            let mut n = match half.try_write_vectored(&iov) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            while n > 0 {
+                let front = self
+                    .parts
+                    .front_mut()
+                    .expect("written bytes came from parts");
+                if n >= front.len() {
+                    n -= front.len();
+                    self.parts.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Appends `more` (a later batch) to be written in the same system calls.
+    fn append(&mut self, mut more: Chunks) {
+        self.parts.append(&mut more.parts);
+        self.seqs.append(&mut more.seqs);
     }
 }
 
@@ -541,111 +652,64 @@ fn reader(
     })
 }
 
-/// Payloads up to this size are copied into the batch buffer; larger ones are written from
-/// their own buffer (no copy).
-const COPY_PAYLOAD_MAX: usize = 64 * 1024;
-/// A batch is written once it holds this much.
-const BATCH_BYTES: usize = 512 * 1024;
+/// Batches the writer gathers into one round of writes, at most.
+const WRITER_GATHER: usize = 16;
 
+/// Writes what would have blocked the resource task, and everything queued behind it.
 fn writer(
     gen: u64,
-    mut half: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Vec<Packet>>,
+    half: Arc<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Chunks>,
+    queued: Arc<AtomicUsize>,
     closing: Arc<AtomicBool>,
     out: mpsc::UnboundedSender<NetEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut batch = BytesMut::with_capacity(BATCH_BYTES);
-        let mut sent: Vec<u64> = Vec::new();
-        // Protocol A completes a write once it is in the socket's send buffer: report the
-        // Data packets written so far (none while the connection is being dropped).
-        let report = |sent: &mut Vec<u64>| {
-            if closing.load(Ordering::Relaxed) {
-                sent.clear();
+        while let Some(mut chunks) = rx.recv().await {
+            let mut batches = 1;
+            while batches < WRITER_GATHER {
+                let Ok(more) = rx.try_recv() else { break };
+                chunks.append(more);
+                batches += 1;
             }
-            if !sent.is_empty() {
-                let seqs = std::mem::take(sent);
+            while !chunks.is_empty() {
+                let r = match chunks.try_write(&half) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => half.writable().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    let _ = out.send(NetEvent::Lost {
+                        gen,
+                        reason: format!("write: {e}"),
+                    });
+                    return;
+                }
+            }
+            // Release: these writes happen before the resource task sees the count drop.
+            queued.fetch_sub(batches, Ordering::AcqRel);
+            // Protocol A completes a write once it is in the socket's send buffer (not
+            // reported while the connection is being dropped).
+            if !chunks.seqs.is_empty() && !closing.load(Ordering::Relaxed) {
+                let seqs = std::mem::take(&mut chunks.seqs);
                 let _ = out.send(NetEvent::Sent { gen, seqs });
             }
-        };
-        while let Some(first) = rx.recv().await {
-            // Everything queued right now goes out in as few writes as possible: small
-            // packets (acks, 4 KiB writes) are gathered into one buffer; more batches are
-            // taken from the queue until a round has written BATCH_BYTES.
-            let mut round_bytes = 0usize;
-            let mut queued = first.into_iter();
-            let mut next = queued.next();
-            while let Some(packet) = next.take() {
-                let payload = wire::encode_head(&packet, &mut batch);
-                if let Packet::Data { seq, .. } = &packet {
-                    sent.push(*seq);
-                }
-                match payload {
-                    Some(p) if p.len() <= COPY_PAYLOAD_MAX => batch.extend_from_slice(&p),
-                    Some(p) => {
-                        round_bytes += batch.len() + p.len();
-                        if let Err(e) = flush_batch(&mut half, &mut batch).await {
-                            let _ = out.send(NetEvent::Lost { gen, reason: e });
-                            return;
-                        }
-                        if let Err(e) = half.write_all(&p).await {
-                            let _ = out.send(NetEvent::Lost {
-                                gen,
-                                reason: format!("write: {e}"),
-                            });
-                            return;
-                        }
-                        report(&mut sent);
-                    }
-                    None => {}
-                }
-                if batch.len() >= BATCH_BYTES {
-                    round_bytes += batch.len();
-                    if let Err(e) = flush_batch(&mut half, &mut batch).await {
-                        let _ = out.send(NetEvent::Lost { gen, reason: e });
-                        return;
-                    }
-                    report(&mut sent);
-                }
-                next = queued.next();
-                if next.is_none() && round_bytes + batch.len() < BATCH_BYTES {
-                    if let Ok(more) = rx.try_recv() {
-                        queued = more.into_iter();
-                        next = queued.next();
-                    }
-                }
-            }
-            if let Err(e) = flush_batch(&mut half, &mut batch).await {
-                let _ = out.send(NetEvent::Lost { gen, reason: e });
-                return;
-            }
-            report(&mut sent);
         }
         // The connection was dropped and everything queued is out: FIN.
-        let _ = half.shutdown().await;
+        let fd = half.as_ref().as_ref().as_raw_fd();
+        // SAFETY: fd is the socket `half` keeps open; shutdown does not close it.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
     })
-}
-
-async fn flush_batch(half: &mut OwnedWriteHalf, batch: &mut BytesMut) -> Result<(), String> {
-    if !batch.is_empty() {
-        half.write_all(batch)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        batch.clear();
-    }
-    Ok(())
 }
 
 /// Starts the reader and writer tasks of an established connection.
 pub fn start(gen: u64, est: Established, out: mpsc::UnboundedSender<NetEvent>) -> Connection {
     let (data_r, data_w) = est.data.0.into_split();
     let (meta_r, meta_w) = est.meta.0.into_split();
-    let (data_tx, data_rx) = mpsc::unbounded_channel();
-    let (meta_tx, meta_rx) = mpsc::unbounded_channel();
     let closing = Arc::new(AtomicBool::new(false));
     let (rx_paused, paused) = watch::channel(false);
     let c = &closing;
-    let tasks = vec![
+    let mut tasks = vec![
         reader(
             gen,
             data_r,
@@ -655,14 +719,31 @@ pub fn start(gen: u64, est: Established, out: mpsc::UnboundedSender<NetEvent>) -
             out.clone(),
         ),
         reader(gen, meta_r, est.meta.1, c.clone(), None, out.clone()),
-        writer(gen, data_w, data_rx, c.clone(), out.clone()),
-        writer(gen, meta_w, meta_rx, c.clone(), out),
     ];
+    let mut lane = |half: OwnedWriteHalf| {
+        let half = Arc::new(half);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let w = writer(
+            gen,
+            half.clone(),
+            rx,
+            queued.clone(),
+            c.clone(),
+            out.clone(),
+        );
+        tasks.push(w);
+        Lane {
+            half,
+            out: Vec::new(),
+            tx,
+            queued,
+        }
+    };
+    let (data, meta) = (lane(data_w), lane(meta_w));
     Connection {
-        data_tx,
-        meta_tx,
-        data_out: Vec::new(),
-        meta_out: Vec::new(),
+        data,
+        meta,
         closing,
         rx_paused,
         tasks,

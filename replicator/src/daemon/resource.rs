@@ -367,8 +367,18 @@ impl Task {
     /// Hands this round's packets to the connection's writers and its IO to the ring, and
     /// pauses reading the peer's writes while the core's receive queue is full.
     fn flush_out(&mut self) {
-        if let Some(c) = &mut self.conn {
-            c.flush();
+        // Data packets the socket took at once are sent (protocol A's completion point);
+        // telling the core may queue more packets, so until nothing more was sent.
+        while let Some(c) = &mut self.conn {
+            let sent = c.flush();
+            if sent.is_empty() {
+                break;
+            }
+            for seq in sent {
+                self.apply(Event::Sent { gen: self.gen, seq });
+            }
+        }
+        if let Some(c) = &self.conn {
             c.pause_rx(self.node.rx_full());
         }
         if !self.io_batch.is_empty() {
