@@ -461,8 +461,12 @@ impl Connection {
     /// the socket buffers and TCP stops the peer's sender, as DRBD's receiver stops at
     /// `max-buffers`. The meta socket (acknowledgements, pings) is always read.
     pub fn pause_rx(&self, paused: bool) {
-        self.rx_paused
-            .send_if_modified(|p| std::mem::replace(p, paused) != paused);
+        if self
+            .rx_paused
+            .send_if_modified(|p| std::mem::replace(p, paused) != paused)
+        {
+            tracing::trace!(paused, "receive queue at max-buffers: data socket reader");
+        }
     }
 
     /// Queues a packet for the socket its type travels on; it leaves at the next
