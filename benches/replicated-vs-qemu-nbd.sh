@@ -57,16 +57,22 @@ echo "bench: qemu-nbd none+io_uring" >&2; measure qemu nbd://127.0.0.1:10821/q
 echo "bench: qemu-nbd writeback" >&2; measure qemuwb nbd://127.0.0.1:10822/q
 
 # References, in the same run: the disk's own 4 KiB write latency (what the peer's write
-# costs), a loopback TCP round trip of 4 KiB (fio's ping-pong), and the disk's 1 MiB bandwidth
-# with one and with two writers (two replicas on one disk).
+# costs), the same through io_uring on a /dev/shm file (the peer's write in the RAM layout),
+# a loopback TCP round trip of 4 KiB (fio's ping-pong), and the disk's 1 MiB bandwidth with
+# one and with two writers (two replicas on one disk).
 echo "bench: references (disk, loopback round trip)" >&2
-disk_fio() { # name rw bs iodepth jobs
-    fio --name="$1" --directory="$work" --rw="$2" --bs="$3" --iodepth="$4" --numjobs="$5" \
-        --size=512M --ioengine=io_uring --direct=1 --runtime="$RUNTIME" --time_based \
+disk_fio() { # name rw bs iodepth jobs [dir direct]
+    local dir=${6:-$work}
+    fio --name="$1" --directory="$dir" --rw="$2" --bs="$3" --iodepth="$4" --numjobs="$5" \
+        --size=512M --ioengine=io_uring --direct="${7:-1}" --runtime="$RUNTIME" --time_based \
         --group_reporting --output-format=json 2>"$work/fio.err" | bench_summarize
-    rm -f "$work/$1".*
+    rm -f "$dir/$1".*
 }
 REF_DISK_LAT=$(disk_fio disklat randwrite 4k 1 1 | cut -d' ' -f3)
+ram_dir=$(mktemp -d -p /dev/shm tandem-bench.XXXXXX)
+trap 'rm -rf /dev/shm/tandem-bench.*; bench_cleanup' EXIT
+REF_RAM_LAT=$(disk_fio ramlat randwrite 4k 1 1 "$ram_dir" 0 | cut -d' ' -f3)
+rmdir "$ram_dir"
 REF_DISK_BW1=$(disk_fio diskbw1 write 1M 8 1 | cut -d' ' -f2)
 REF_DISK_BW2=$(disk_fio diskbw2 write 1M 8 2 | cut -d' ' -f2)
 fio --name=pong --ioengine=net --protocol=tcp --listen --port=10890 --rw=read --bs=4k \
@@ -84,7 +90,6 @@ for proto in $PROTOCOLS; do
     peer_dir=$d
     if [ "$layout" = ram ]; then
         peer_dir=$(mktemp -d -p /dev/shm tandem-bench.XXXXXX)
-        trap 'rm -rf /dev/shm/tandem-bench.*; bench_cleanup' EXIT
     fi
     mkfile "$d/alpha.img"
     dd if=/dev/zero of="$peer_dir/beta.img" bs=1M count="$SIZE_MIB" status=none
@@ -152,15 +157,16 @@ for layout in layouts:
         print(line)
     print()
 print("(/none, /wb: tandem's figure divided by qemu-nbd's; latency = mean completion latency; %s s per point)" % "$RUNTIME")
-disk_lat, rtt = float("$REF_DISK_LAT"), float("$REF_RTT")
-print("references in this run: disk 4 KiB QD1 O_DIRECT write %.0f us; loopback TCP 4 KiB round trip %.0f us;" % (disk_lat, rtt))
+disk_lat, ram_lat, rtt = float("$REF_DISK_LAT"), float("$REF_RAM_LAT"), float("$REF_RTT")
+print("references in this run: 4 KiB QD1 write through io_uring: disk (O_DIRECT) %.0f us, /dev/shm %.0f us;" % (disk_lat, ram_lat))
+print("  loopback TCP 4 KiB round trip %.0f us;" % rtt)
 print("  disk 1 MiB QD8 O_DIRECT: one writer $REF_DISK_BW1 MiB/s, two writers $REF_DISK_BW2 MiB/s in all")
 q_lat = num(res["qemu|randwrite 4k 1"])[2]
 for layout in layouts:
     if "C" not in protocols:
         continue
-    # The peer's write: the disk's latency, or nothing when its replica is in RAM (stricter).
-    budget = rtt + (disk_lat if layout == "same" else 0)
+    # The peer's write: on the disk, or on /dev/shm (where io_uring hands it to a worker thread).
+    budget = rtt + (disk_lat if layout == "same" else ram_lat)
     c_lat = num(res["tandem-%s-C|randwrite 4k 1" % layout])[2]
     over = c_lat - q_lat
     print("protocol C 4 KiB QD1, peer %s: %.0f us, %.0f us over qemu-nbd; budget (round trip + peer's write) %.0f us: %s"
