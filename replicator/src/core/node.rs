@@ -2112,7 +2112,8 @@ impl Node {
     /// Submits received writes whose earlier epochs are all stable: writes of one epoch run
     /// concurrently, but never before the barrier of the previous epoch is flushed, so the
     /// Secondary's disk is crash-consistent at every epoch boundary.
-    /// At most `max_rx_bytes` of them are in flight (one bigger write goes alone).
+    /// While connected, at most `max_rx_bytes` of them are in flight (one bigger write goes
+    /// alone).
     fn start_rx_writes(&mut self) {
         while let Some(Blocked::PeerWrite { epoch, data, .. }) = self.rx_queue.front() {
             let (epoch, len) = (*epoch, data.len() as u64);
@@ -2126,7 +2127,13 @@ impl Node {
             {
                 return;
             }
-            if self.rx_active_bytes > 0 && self.rx_active_bytes + len > self.cfg.max_rx_bytes {
+            // Once the connection is gone, everything queued goes to the disk now (uncapped):
+            // a write of the old connection still queued would land after the next
+            // connection's resync wrote newer data there (simulator seeds 1293, 2843).
+            if connected
+                && self.rx_active_bytes > 0
+                && self.rx_active_bytes + len > self.cfg.max_rx_bytes
+            {
                 return;
             }
             let op = self.rx_queue.pop_front().expect("front exists");

@@ -2190,6 +2190,16 @@ mod found_bugs {
         run_seed(1299, Scenario::default()).unwrap();
     }
 
+    /// Seeds 1293 and 2843 (with the receive cap, max-buffers): beta still had replicated
+    /// writes of connection 1 queued behind the cap when the connection reset; they went to
+    /// the disk after connection 2's resync had written newer data to the same sectors
+    /// (checker b). A lost connection now sends every queued write to the disk at once.
+    #[test]
+    fn a_write_queued_behind_max_buffers_lands_after_the_next_resync() {
+        run_seed(1293, Scenario::default()).unwrap();
+        run_seed(2843, Scenario::default()).unwrap();
+    }
+
     /// Seed 183 (after the two-phase promotion changed the seeds' paths): beta, Secondary and
     /// just UpToDate, crashed and came back Consistent; a full sync to alpha was cut, leaving
     /// alpha Inconsistent with more bits than beta. The generations were equal, so the side
