@@ -2680,6 +2680,54 @@ impl Node {
             self.md.flags & flags::CRASHED_PRIMARY != 0,
             p_flags & uuid_flags::CRASHED_PRIMARY != 0,
         );
+        // DRBD's rule: when exactly one side is Inconsistent, disk states beat generations and
+        // the Inconsistent side is the target (else a SyncTarget interrupted after its peer
+        // crashed, with more bits than the peer, would be picked as source and refuse forever).
+        // As in DRBD this comes before split-brain handling: an Inconsistent side's data was
+        // already given up, so a split brain has nothing left to decide. With a common bitmap
+        // UUID the blocks of both bitmaps are copied, else everything (simulator seed 2527: a
+        // split-brain resync cut before the target got the SyncUuid left the target's bitmap
+        // UUID only in the source's history, and the pair stayed StandAlone for good).
+        let p_disk = self.peer.disk.unwrap_or(DiskState::DUnknown);
+        let has_data = |d: DiskState| d > DiskState::Inconsistent && d != DiskState::DUnknown;
+        let by_disk_state = if self.disk == DiskState::Inconsistent && has_data(p_disk) {
+            Some(false)
+        } else if p_disk == DiskState::Inconsistent && has_data(self.disk) {
+            Some(true)
+        } else {
+            None
+        };
+        let decision = match (decision, by_disk_state) {
+            (SyncDecision::SplitBrain, Some(source)) => {
+                self.notify(format!(
+                    "both sides changed, but {} Inconsistent: becoming sync {} due to disk states",
+                    if source {
+                        "the peer is"
+                    } else {
+                        "this node is"
+                    },
+                    if source { "source" } else { "target" }
+                ));
+                if source {
+                    SyncDecision::SourceBitmap
+                } else {
+                    SyncDecision::TargetBitmap
+                }
+            }
+            (SyncDecision::SplitBrainDisconnect, Some(source)) => {
+                self.notify(format!(
+                    "both sides changed, but {} Inconsistent: becoming sync {} of everything due to disk states",
+                    if source { "the peer is" } else { "this node is" },
+                    if source { "source" } else { "target" }
+                ));
+                if source {
+                    SyncDecision::SourceFull
+                } else {
+                    SyncDecision::TargetFull
+                }
+            }
+            (d, _) => d,
+        };
         let split_brain = matches!(
             decision,
             SyncDecision::SplitBrain | SyncDecision::SplitBrainDisconnect
@@ -2691,7 +2739,6 @@ impl Node {
         {
             return self.refuse("both nodes are Primary; refusing to connect".into());
         }
-        let p_disk = self.peer.disk.unwrap_or(DiskState::DUnknown);
         if la == 0 || self.md.la_size_sect != la {
             self.md.la_size_sect = if la == 0 { agreed } else { la };
             self.persist();
@@ -2790,18 +2837,11 @@ impl Node {
                 return self.refuse("Unrelated data, aborting! (the peer's data has no common generation with mine)".into());
             }
         };
-        // DRBD's rule: when exactly one side is Inconsistent, disk states beat generations and
-        // the Inconsistent side is the target (else a SyncTarget interrupted after its peer
-        // crashed, with more bits than the peer, would be picked as source and refuse forever).
-        let has_data = |d: DiskState| d > DiskState::Inconsistent && d != DiskState::DUnknown;
+        // Disk states beat generations (see by_disk_state above).
         let i_am_source = if split_brain {
             i_am_source
-        } else if self.disk == DiskState::Inconsistent && has_data(p_disk) {
-            false
-        } else if p_disk == DiskState::Inconsistent && has_data(self.disk) {
-            true
         } else {
-            i_am_source
+            by_disk_state.unwrap_or(i_am_source)
         };
         if !i_am_source && self.role == Role::Primary {
             let why = "I am Primary but the peer has newer data: I would become SyncTarget";

@@ -2200,6 +2200,16 @@ mod found_bugs {
         run_seed(2843, Scenario::default()).unwrap();
     }
 
+    /// Seed 2527: a split brain resolved by policy started a resync that a partition cut
+    /// before the target got the SyncUuid: the target (Inconsistent) kept its bitmap UUID,
+    /// which the source had moved into its history, so the next handshake found a split brain
+    /// without automatic recovery and later "unrelated data", for good. As in DRBD, exactly
+    /// one Inconsistent side now makes the sync direction before split-brain handling does.
+    #[test]
+    fn an_inconsistent_side_settles_a_split_brain_by_disk_states() {
+        run_seed(2527, Scenario::default()).unwrap();
+    }
+
     /// Seed 183 (after the two-phase promotion changed the seeds' paths): beta, Secondary and
     /// just UpToDate, crashed and came back Consistent; a full sync to alpha was cut, leaving
     /// alpha Inconsistent with more bits than beta. The generations were equal, so the side
