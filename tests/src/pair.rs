@@ -69,11 +69,14 @@ impl Pair {
         resource_extra: &str,
     ) -> Pair {
         let dir = tempfile::tempdir().expect("temp dir");
+        // The pid keeps two runs of the same test binary apart; interface names stay within
+        // 15 bytes ("tnd255va999999").
+        let pid = std::process::id() % 1_000_000;
         let ns = [
-            Netns::new(&format!("tnd{id}a")),
-            Netns::new(&format!("tnd{id}b")),
+            Netns::new(&format!("tnd{id}a{pid}")),
+            Netns::new(&format!("tnd{id}b{pid}")),
         ];
-        let (va, vb) = (format!("tnd{id}va"), format!("tnd{id}vb"));
+        let (va, vb) = (format!("tnd{id}va{pid}"), format!("tnd{id}vb{pid}"));
         run_ok(Command::new("ip").args(["link", "add", &va, "type", "veth", "peer", "name", &vb]));
         run_ok(Command::new("ip").args(["link", "set", &va, "netns", &ns[0].name]));
         run_ok(Command::new("ip").args(["link", "set", &vb, "netns", &ns[1].name]));
