@@ -4,13 +4,13 @@
 //! cleans up.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tandem_tests::{
-    bin, free_port, pattern, run, run_fails, run_ok, tool, wait_for, ChildGuard, LoggedDaemon,
-    LoopDevice,
+    bin, free_port, mount, pattern, run, run_fails, run_ok, tool, wait_for, ChildGuard, FuseMount,
+    LoggedDaemon, LoopDevice,
 };
 
 const MIB: u64 = 1 << 20;
@@ -307,29 +307,6 @@ fn fio_random_writes_verify_with_many_jobs() {
         assert!(out.contains("err= 0"), "{out}");
         assert!(!out.contains("verify: bad"), "{out}");
     }
-}
-
-/// A FUSE mount by nbdfuse, unmounted on drop.
-struct FuseMount(PathBuf);
-
-impl Drop for FuseMount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
-    }
-}
-
-/// A mounted filesystem, unmounted on drop.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount(dev: &Path, dir: &Path) -> Mount {
-    run_ok(Command::new(tool("mount", "mount")).arg(dev).arg(dir));
-    Mount(dir.to_path_buf())
 }
 
 #[test]
