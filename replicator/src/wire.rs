@@ -1209,6 +1209,11 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     Ok(Some(HEADER_BYTES + len))
 }
 
+/// The packet type of a header [`frame_len`] accepted.
+fn frame_type(buf: &[u8]) -> PacketType {
+    PacketType::from_u16(u16::from_be_bytes([buf[4], buf[5]])).expect("frame_len checked")
+}
+
 /// Where the bulk data of a Data or RsDataReply frame starts, once `buf` holds its head (the
 /// header and the fixed fields): `(head_bytes, data_bytes)`. A reader can then take the data
 /// straight off the socket into a buffer of its choice (an aligned one, for O_DIRECT) and hand
@@ -1218,7 +1223,7 @@ pub fn bulk_layout(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
     let Some(frame_bytes) = frame_len(buf)? else {
         return Ok(None);
     };
-    let ty = PacketType::from_u16(u16::from_be_bytes([buf[4], buf[5]])).expect("frame_len checked");
+    let ty = frame_type(buf);
     let PayloadShape::Data { fixed } = ty.shape() else {
         return Ok(None);
     };
@@ -1231,18 +1236,22 @@ pub fn bulk_layout(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
 /// Decodes a Data or RsDataReply frame from its head (`head_bytes` of [`bulk_layout`]) and its
 /// data, read separately. The same checks as [`decode`] apply.
 pub fn decode_bulk(head: &[u8], data: Bytes) -> Result<Packet, WireError> {
-    let layout = bulk_layout(head)?;
-    let ty =
-        PacketType::from_u16(u16::from_be_bytes([head[4], head[5]])).expect("frame_len checked");
-    let Some((head_bytes, data_bytes)) =
-        layout.filter(|&(h, d)| h == head.len() && d == data.len())
-    else {
-        return Err(WireError::BulkMismatch {
-            packet: ty.name(),
-            head_bytes: head.len(),
-            data_bytes: data.len(),
-        });
+    let (head_bytes, data_bytes) = match bulk_layout(head)? {
+        Some((h, d)) if h == head.len() && d == data.len() => (h, d),
+        _ => {
+            return Err(WireError::BulkMismatch {
+                // A head that holds a header passed frame_len, so its type is known.
+                packet: if head.len() >= HEADER_BYTES {
+                    frame_type(head).name()
+                } else {
+                    "(no header)"
+                },
+                head_bytes: head.len(),
+                data_bytes: data.len(),
+            });
+        }
     };
+    let ty = frame_type(head);
     let mut packet = parse_payload(ty, &head[HEADER_BYTES..head_bytes], data_bytes)?;
     match &mut packet {
         Packet::Data { data: d, .. } | Packet::RsDataReply { data: d, .. } => *d = data,
@@ -1266,7 +1275,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Packet>, WireError> {
         buf.reserve(frame_bytes - buf.len());
         return Ok(None);
     }
-    let ty = PacketType::from_u16(u16::from_be_bytes([buf[4], buf[5]])).expect("frame_len checked");
+    let ty = frame_type(buf);
     let mut packet = parse_payload(ty, &buf[HEADER_BYTES..frame_bytes], 0)?;
     let mut frame = buf.split_to(frame_bytes);
     match &mut packet {
@@ -1717,6 +1726,11 @@ mod tests {
             );
             assert!(matches!(
                 decode_bulk(&frame[..head], payload.slice(1..)),
+                Err(WireError::BulkMismatch { .. })
+            ));
+            // A head cut inside the header is refused, not indexed past its end.
+            assert!(matches!(
+                decode_bulk(&frame[..5], payload.clone()),
                 Err(WireError::BulkMismatch { .. })
             ));
         }
