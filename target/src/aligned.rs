@@ -100,6 +100,24 @@ impl AlignedBuf {
         self.len = len;
     }
 
+    /// Reads from `rd` into the unfilled tail until the buffer is full (no zero-fill first).
+    /// A stream that ends before is an `UnexpectedEof` error that says how much came.
+    pub async fn fill_from<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        while self.remaining_mut() > 0 {
+            if rd.read_buf(self).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the stream ended after {} of {} bytes", self.len, self.cap),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The filled bytes as [`Bytes`], without a copy; the allocation lives as long as they do.
     pub fn freeze(self) -> Bytes {
         Bytes::from_owner(self)

@@ -160,15 +160,13 @@ async fn read_bulk<R: AsyncReadExt + Unpin>(
     let mut bulk = AlignedBuf::with_capacity(data);
     bulk.put_slice(&buf[head..]);
     buf.truncate(head);
-    while bulk.remaining_mut() > 0 {
-        let n = stream
-            .read_buf(&mut bulk)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err("the peer closed the connection".into());
+    bulk.fill_from(stream).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "the peer closed the connection".to_string()
+        } else {
+            format!("read: {e}")
         }
-    }
+    })?;
     let head = buf.split_to(head);
     wire::decode_bulk(&head, bulk.freeze()).map_err(|e| format!("bad packet: {e}"))
 }

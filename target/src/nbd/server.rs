@@ -741,18 +741,13 @@ async fn read_payload<R: AsyncRead + Unpin>(
     let mut payload = AlignedBuf::with_capacity(len);
     payload.put_slice(&buf[REQUEST_HEADER_BYTES..]);
     buf.clear();
-    while payload.remaining_mut() > 0 {
-        match rd.read_buf(&mut payload).await {
-            Ok(0) => {
-                return Err(End::Gone(format!(
-                    "closed the connection in the middle of a write's payload ({} of {len} bytes)",
-                    payload.len()
-                )))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(End::Gone(format!("reading from the client: {e}"))),
-        }
-    }
+    payload.fill_from(rd).await.map_err(|e| {
+        End::Gone(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("closed the connection in the middle of a write's payload ({e})")
+        } else {
+            format!("reading from the client: {e}")
+        })
+    })?;
     Ok(payload.freeze())
 }
 
