@@ -2698,32 +2698,19 @@ impl Node {
             None
         };
         let decision = match (decision, by_disk_state) {
-            (SyncDecision::SplitBrain, Some(source)) => {
+            (SyncDecision::SplitBrain | SyncDecision::SplitBrainDisconnect, Some(source)) => {
+                let full = decision == SyncDecision::SplitBrainDisconnect;
                 self.notify(format!(
-                    "both sides changed, but {} Inconsistent: becoming sync {} due to disk states",
-                    if source {
-                        "the peer is"
-                    } else {
-                        "this node is"
-                    },
-                    if source { "source" } else { "target" }
-                ));
-                if source {
-                    SyncDecision::SourceBitmap
-                } else {
-                    SyncDecision::TargetBitmap
-                }
-            }
-            (SyncDecision::SplitBrainDisconnect, Some(source)) => {
-                self.notify(format!(
-                    "both sides changed, but {} Inconsistent: becoming sync {} of everything due to disk states",
+                    "both sides changed, but {} Inconsistent: becoming sync {}{} due to disk states",
                     if source { "the peer is" } else { "this node is" },
-                    if source { "source" } else { "target" }
+                    if source { "source" } else { "target" },
+                    if full { " of everything" } else { "" }
                 ));
-                if source {
-                    SyncDecision::SourceFull
-                } else {
-                    SyncDecision::TargetFull
+                match (source, full) {
+                    (true, false) => SyncDecision::SourceBitmap,
+                    (true, true) => SyncDecision::SourceFull,
+                    (false, false) => SyncDecision::TargetBitmap,
+                    (false, true) => SyncDecision::TargetFull,
                 }
             }
             (d, _) => d,
