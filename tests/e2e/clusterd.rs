@@ -510,6 +510,15 @@ fn node_state(status: &serde_json::Value, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// True when the status lists a successful fence of `node` by `method`.
+fn fenced_by(status: &serde_json::Value, node: &str, method: &str) -> bool {
+    status["fence-events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["node"] == node && f["method"] == method && f["result"] == "ok")
+}
+
 fn primary_of_r0(status: &serde_json::Value) -> Option<String> {
     status["resources"]
         .as_array()?
@@ -635,13 +644,7 @@ fn healthy_pair_then_pulled_plug_fences_then_promotes() {
     });
     assert_eq!(node_state(&s, "alpha"), "fenced", "{s}");
     assert_eq!(s["quorum"], true, "{s}");
-    let fences = s["fence-events"].as_array().unwrap();
-    assert!(
-        fences
-            .iter()
-            .any(|f| f["node"] == "alpha" && f["method"] == "ifmib" && f["result"] == "ok"),
-        "{s}"
-    );
+    assert!(fenced_by(&s, "alpha", "ifmib"), "{s}");
     assert!(
         !lab.port_admin_up("swp1"),
         "beta's fence set alpha's switch port down"
@@ -686,14 +689,7 @@ fn partition_the_primary_fences_the_other_through_the_fence_peer_handler() {
     let s = lab.wait_cluster(0, "alpha to fence beta", |s| {
         node_state(s, "beta") == "fenced"
     });
-    assert!(
-        s["fence-events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["node"] == "beta" && f["method"] == "ifmib" && f["result"] == "ok"),
-        "{s}"
-    );
+    assert!(fenced_by(&s, "beta", "ifmib"), "{s}");
     assert!(
         !lab.port_admin_up("swp2"),
         "alpha's fence set beta's port down"
@@ -749,14 +745,7 @@ fn one_way_partition_the_primary_fences_the_node_that_does_not_hear_it() {
     let s = lab.wait_cluster(0, "alpha to fence beta, which does not hear it", |s| {
         node_state(s, "beta") == "fenced"
     });
-    assert!(
-        s["fence-events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["node"] == "beta" && f["method"] == "ifmib" && f["result"] == "ok"),
-        "{s}"
-    );
+    assert!(fenced_by(&s, "beta", "ifmib"), "{s}");
     assert!(!lab.port_admin_up("swp2"), "alpha fenced beta");
     assert!(lab.port_admin_up("swp1"), "alpha was not fenced");
     lab.wait_replica(0, "alpha Primary with IO resumed", |s| {
@@ -799,14 +788,7 @@ fn sbd_poison_pill_kills_alpha_and_beta_fences_then_promotes() {
         primary_of_r0(s).as_deref() == Some("beta")
     });
     assert_eq!(node_state(&s, "alpha"), "fenced", "{s}");
-    assert!(
-        s["fence-events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["node"] == "alpha" && f["method"] == "sbd" && f["result"] == "ok"),
-        "{s}"
-    );
+    assert!(fenced_by(&s, "alpha", "sbd"), "{s}");
     lab.wait_replica(1, "beta's replicatord Primary", |s| s["role"] == "Primary");
     eprintln!(
         "sbd: beta Primary {:?} after alpha died (token, priority delay, msgwait)",
