@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -697,10 +696,10 @@ fn writer(
                 let _ = out.send(NetEvent::Sent { gen, seqs });
             }
         }
-        // The connection was dropped and everything queued is out: FIN.
-        let fd = half.as_ref().as_ref().as_raw_fd();
-        // SAFETY: fd is the socket `half` keeps open; shutdown does not close it.
-        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        // The connection was dropped and everything queued is out. The lane's handle went
+        // with the connection, so this is the last one: dropping it sends FIN (tokio shuts
+        // the write side down when a write half drops).
+        drop(half);
     })
 }
 
