@@ -46,6 +46,13 @@ impl AlignedBuf {
         AlignedBuf { ptr, len: 0, cap }
     }
 
+    /// A buffer of `len` zero bytes, for a read into an initialized slice (`pread`).
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let mut b = AlignedBuf::with_capacity(len);
+        b.put_bytes(0, len);
+        b
+    }
+
     /// An aligned copy of `data`.
     pub fn copy_of(data: &[u8]) -> AlignedBuf {
         let mut b = AlignedBuf::with_capacity(data.len());

@@ -98,11 +98,10 @@ enum Kind {
         fua: bool,
         direct: bool,
     },
-    /// Read into `buf` (aligned, filled as completions come in) until it holds `want` bytes,
+    /// Read into `buf` (aligned, filled as completions come in) until it is full,
     /// through the O_DIRECT descriptor when `direct`.
     Read {
         buf: AlignedBuf,
-        want: usize,
         direct: bool,
     },
     Flush,
@@ -337,8 +336,7 @@ impl Backing {
                     .and_then(|()| if fua { file.sync_data() } else { Ok(()) })
                     .map(|()| None),
                 IoOp::Read { offset, len } => {
-                    let mut buf = AlignedBuf::with_capacity(len as usize);
-                    bytes::BufMut::put_bytes(&mut buf, 0, len as usize);
+                    let mut buf = AlignedBuf::zeroed(len as usize);
                     file.read_exact_at(buf.as_mut_slice(), offset)
                         .map(|()| Some(buf.freeze()))
                 }
@@ -399,12 +397,11 @@ fn prepare(op: IoOp, done: Done, direct: bool) -> Op {
             )
         }
         IoOp::Read { offset, len } => {
-            let want = len as usize;
+            let len = len as usize;
             (
                 Kind::Read {
-                    buf: AlignedBuf::with_capacity(want),
-                    want,
-                    direct: direct && direct_ok(offset, want),
+                    buf: AlignedBuf::with_capacity(len),
+                    direct: direct && direct_ok(offset, len),
                 },
                 offset,
             )
@@ -423,8 +420,7 @@ fn open_direct(path: &std::path::Path) -> std::io::Result<File> {
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let mut probe = AlignedBuf::with_capacity(DIRECT_ALIGN);
-    bytes::BufMut::put_bytes(&mut probe, 0, DIRECT_ALIGN);
+    let mut probe = AlignedBuf::zeroed(DIRECT_ALIGN);
     f.read_exact_at(probe.as_mut_slice(), 0)?;
     Ok(f)
 }
@@ -518,11 +514,11 @@ fn complete(op: &mut Op, res: i32) -> Option<Result<(), i32>> {
             *done += n;
             (*done, buf.len(), direct)
         }
-        Kind::Read { buf, want, direct } => {
-            let filled = buf.len() + n.min(*want - buf.len());
+        Kind::Read { buf, direct } => {
+            let filled = buf.len() + n.min(buf.capacity() - buf.len());
             // SAFETY: the kernel wrote n bytes at the spare tail the sqe named.
             unsafe { buf.set_len(filled) };
-            (filled, *want, direct)
+            (filled, buf.capacity(), direct)
         }
         Kind::Flush => return Some(Ok(())),
     };
@@ -566,10 +562,10 @@ fn sqe(fd: RawFd, direct_fd: RawFd, op: &mut Op, slot: u64) -> io_uring::squeue:
                 .build()
                 .user_data(slot)
         }
-        Kind::Read { buf, want, direct } => {
+        Kind::Read { buf, direct } => {
             let at = buf.len();
-            let (ptr, _) = buf.spare_ptr();
-            let len = u32::try_from(*want - at).expect("reads are at most 32 MiB");
+            let (ptr, spare) = buf.spare_ptr();
+            let len = u32::try_from(spare).expect("reads are at most 32 MiB");
             opcode::Read::new(fd_of(*direct), ptr, len)
                 .offset(op.offset + at as u64)
                 .build()
